@@ -1,0 +1,280 @@
+"""The GPT: token + position embeddings, a stack of pre-LayerNorm Transformer blocks, and a
+language-model head tied to the token embedding.
+
+Parameter names follow GPT-2 (``transformer.h.0.attn.c_attn`` ...) so Hugging Face weights
+load with a transpose and nothing else. Needs only torch and its sibling ``attention``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import CausalSelfAttention, KVCache, MultiHeadAttention
+
+
+@dataclass
+class GPTConfig:
+    """Every size that defines a GPT. Validated on creation."""
+
+    block_size: int = 256      # longest context, in tokens
+    vocab_size: int = 65       # tokens in the vocabulary (padded up for speed on GPUs)
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0       # on embeddings, attention output and MLP output
+    bias: bool = True          # biases in Linear layers and LayerNorms, as GPT-2
+    attention: str = "fused"   # "fused": CausalSelfAttention; "naive": the video's Heads
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.attention not in ("fused", "naive"):
+            raise ValueError(f"GPTConfig.attention must be 'fused' or 'naive', got {self.attention!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # The video's Tiny Shakespeare model: ~10.8M parameters, val loss ~1.48 on a GPU.
+    "shakespeare-char": GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    # GPT-2 small (124M), vocabulary padded from 50,257 to 50,304 (a multiple of 128).
+    "gpt2": GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
+}
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: expand 4x, GELU (tanh form, as GPT-2), project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        if config.attention == "naive":
+            self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.block_size, config.dropout, config.bias)
+        else:
+            self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        if cache is None:
+            x = x + self.attn(self.ln_1(x))  # communicate: tokens exchange information
+        else:
+            x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))       # compute: each token thinks on its own
+        return x
+
+
+class GPT(nn.Module):
+    """A GPT language model. ``forward(idx, targets)`` returns ``(logits, loss)``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one table, used twice
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), so the residual stream's
+        # variance does not grow with depth (two additions per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name.endswith("attn.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # --- counting ----------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters (tied tables counted once); ``non_embedding`` drops both embedding tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6N for the weights + 12*L*H*Q*T for attention (PaLM appendix B).
+
+        N excludes the position table (a lookup, no matmul) but keeps the token table,
+        which is also the output projection.
+        """
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        N = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_size * T
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: int | None = None) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s as a fraction of ``peak_flops``."""
+        return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+
+    # --- forward -----------------------------------------------------------------------
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, with targets, the mean cross-entropy.
+
+        With a ``cache``, ``idx`` holds only the new tokens; their positions continue
+        after those already cached.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than block_size={self.config.block_size}; "
+                "crop the context (generate() does this) or use a model with a longer block_size"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i) if cache is not None else block(x)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # --- generation --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T), cropping to block_size.
+
+        With ``use_cache`` the keys and values of earlier positions are kept, so each new
+        token costs one position's work. Once the context is longer than block_size every
+        position shifts, the cache no longer applies, and each step recomputes the window.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        cfg = self.config
+        cache = None
+        if use_cache and cfg.attention == "fused":
+            param = self.lm_head.weight
+            cache = KVCache(cfg.n_layer, idx.shape[0], cfg.n_head, cfg.block_size, cfg.head_size,
+                            device=param.device, dtype=param.dtype)
+        for _ in range(max_new_tokens):
+            if cache is not None and idx.shape[1] <= cfg.block_size:
+                # Feed only what the cache has not seen (the whole prompt on the first step).
+                logits, _ = self(idx[:, cache.length:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -cfg.block_size:])
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # --- optimisation ------------------------------------------------------------------
+
+    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                            device_type: str = "cpu") -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices (matmul weights, embeddings) only.
+
+        Biases and LayerNorm gains are not decayed. Uses the fused CUDA kernel when on a GPU.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    # --- pretrained weights ------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model_type: str = "gpt2", dropout: float = 0.0) -> "GPT":
+        """GPT-2 weights from Hugging Face (``model_type``: a hub name or a local folder).
+
+        Needs the optional ``transformers`` package. HF's GPT-2 uses ``Conv1D`` layers whose
+        weights are stored transposed relative to ``nn.Linear``; those are transposed here.
+        """
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError as exc:  # optional dependency
+            raise ImportError("GPT.from_pretrained needs `pip install transformers`") from exc
+        hf = GPT2LMHeadModel.from_pretrained(model_type)
+        c = hf.config
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                           n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True)
+        model = cls(config)
+        model.load_hf_state_dict(hf.state_dict())
+        return model
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, hf_state: dict[str, torch.Tensor]) -> None:
+        """Copy a Hugging Face GPT-2 state dict into this model, transposing Conv1D weights."""
+        ours = self.state_dict()
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        hf_keys = [k for k in hf_state if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        for key in hf_keys:
+            if key not in ours:
+                if key == "lm_head.weight":
+                    continue  # tied to wte, copied through it
+                raise KeyError(f"unexpected Hugging Face parameter {key!r}")
+            src = hf_state[key]
+            if key.endswith(transposed):
+                src = src.t()
+            if src.shape != ours[key].shape:
+                raise ValueError(f"shape mismatch for {key}: {tuple(src.shape)} vs {tuple(ours[key].shape)}")
+            ours[key].copy_(src)

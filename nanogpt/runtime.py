@@ -1,0 +1,69 @@
+"""Run-time switches read from the environment, in one place.
+
+- ``NANOGPT_QUICK=1`` shrinks iteration counts so every chapter runs in CI in minutes.
+- ``NANOGPT_DATA_DIR`` points at a local data folder (``tinyshakespeare/input.txt``).
+- ``NANOGPT_CACHE_DIR`` overrides where downloads are cached (default ``~/.cache/nanogpt``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def is_quick() -> bool:
+    """True when ``NANOGPT_QUICK`` asks for the small CI budget."""
+    return os.environ.get("NANOGPT_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def quick_or(full: int, quick: int) -> int:
+    """``full`` normally, ``quick`` under ``NANOGPT_QUICK=1`` (iteration counts, sample sizes)."""
+    return quick if is_quick() else full
+
+
+def data_dir() -> Path | None:
+    """The local data folder named by ``NANOGPT_DATA_DIR``, if set."""
+    value = os.environ.get("NANOGPT_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    """Where downloaded files are kept between runs."""
+    value = os.environ.get("NANOGPT_CACHE_DIR")
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nanogpt"
+
+
+def pick_device(requested: str = "auto") -> str:
+    """Resolve ``auto`` to cuda, then mps, then cpu; check an explicit request is available."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was requested but MPS is not available")
+    if requested not in {"cpu", "mps"} and not requested.startswith("cuda"):
+        raise ValueError(f"unknown device {requested!r}: use auto, cpu, cuda or mps")
+    return requested
+
+
+def describe_hardware(device: str = "cpu") -> str:
+    """A one-line description of the machine a figure was measured on."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
