@@ -181,6 +181,30 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
+class RandomBatches:
+    """``get_batch`` with its own seeded generator: a reproducible, resumable stream of batches.
+
+    ``reset`` re-seeds, so an evaluation that resets first always sees the same batches.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, block_size: int, *, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
+        self.data, self.B, self.T, self.seed, self.device = data, batch_size, block_size, seed, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return get_batch(self.data, self.B, self.T, generator=self.generator, device=self.device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
 def _as_tokens(source) -> torch.Tensor:
     """A 1-D int64 tensor from a tensor, an array, a list or a uint16 shard path."""
     if isinstance(source, (str, Path)):
@@ -241,6 +265,14 @@ class DataLoaderLite:
                 f"(B*T*processes+1 = {self.tokens_per_step + 1})"
             )
         self.position = self.B * self.T * self.rank
+
+    def state_dict(self) -> dict:
+        """Where the loader stands, so a resumed run continues with the next batch."""
+        return {"shard": self.shard, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset(state["shard"])
+        self.position = state["position"]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) pair, each of shape (B, T)."""

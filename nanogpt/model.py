@@ -64,6 +64,21 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
+def sample_next_token(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample one token per row from (B, vocab) logits: scale by temperature, keep the top k."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: expand 4x, GELU (tanh form, as GPT-2), project back."""
 
@@ -202,8 +217,6 @@ class GPT(nn.Module):
         token costs one position's work. Once the context is longer than block_size every
         position shifts, the cache no longer applies, and each step recomputes the window.
         """
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
         cfg = self.config
         cache = None
         if use_cache and cfg.attention == "fused":
@@ -216,29 +229,9 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, cache.length:], cache=cache)
             else:
                 logits, _ = self(idx[:, -cfg.block_size:])
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-    # --- optimisation ------------------------------------------------------------------
-
-    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                            device_type: str = "cpu") -> torch.optim.AdamW:
-        """AdamW with weight decay on matrices (matmul weights, embeddings) only.
-
-        Biases and LayerNorm gains are not decayed. Uses the fused CUDA kernel when on a GPU.
-        """
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type == "cuda"
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     # --- pretrained weights ------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""Command line: ``python -m nanogpt {data,train,sample,bench}``.
+
+Bad arguments give a one-line error and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors on one line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"nanogpt: error: {message}\n")
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    x = float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return x
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import dataset_path, train_val_split
+    from .tokenizer import CharTokenizer, GPT2Tokenizer
+
+    path = dataset_path(args.dataset)
+    text = path.read_text(encoding="utf-8")
+    chars = CharTokenizer.from_text(text)
+    gpt2 = GPT2Tokenizer()
+    n_gpt2 = len(gpt2.encode(text))
+    train, val = train_val_split(torch.tensor(chars.encode(text)))
+    print(f"file            {path}")
+    print(f"characters      {len(text):,}")
+    print(f"vocabulary      {chars.vocab_size} characters: {''.join(chars.chars)!r}")
+    print(f"GPT-2 tokens    {n_gpt2:,} ({len(text) / n_gpt2:.2f} characters per token)")
+    print(f"train / val     {len(train):,} / {len(val):,} characters (90/10)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import json
+
+    from .presets import resolve_preset, train_preset
+    from .runtime import pick_device
+
+    device = pick_device(args.device)
+    preset, note = resolve_preset(args.preset, device, explicit_device=args.device != "auto")
+    if note:
+        print(note)
+    out_dir = Path(args.out or f"out/{preset.name}")
+    print(f"training {preset.name} ({preset.description}) on {device}; checkpoints in {out_dir}")
+    t0 = time.perf_counter()
+    model, history, data = train_preset(preset, device=device, max_iters=args.max_iters, out_dir=out_dir,
+                                        resume=args.resume)
+    wall = time.perf_counter() - t0
+    final = history.evals[-1]
+    summary = {"preset": preset.name, "device": device, "parameters": model.num_params(),
+               "iterations": history.steps[-1]["iter"] + 1 if history.steps else 0,
+               "wall_time_s": round(wall, 1), "train_loss": round(final["train"], 4),
+               "val_loss": round(final["val"], 4)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"done in {wall:.0f} s: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
+    print(f"sample with: python -m nanogpt sample --checkpoint {out_dir}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .runtime import pick_device
+    from .train import load_checkpoint
+
+    device = pick_device(args.device)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
+    if tokenizer is None:
+        raise ValueError(f"checkpoint {args.checkpoint} holds no tokenizer")
+    model.eval()
+    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.encode("\n")[0]]
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         generator=generator)
+    print(tokenizer.decode(out[0].tolist()))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import main as bench_main
+
+    bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m nanogpt", description="nanoGPT from scratch: data, training, sampling.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("data", help="find or download the corpus and report its statistics")
+    p.add_argument("--dataset", default="tinyshakespeare")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a preset, writing checkpoints")
+    p.add_argument("--preset", default="shakespeare-char")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--max-iters", type=_count, default=None, help="shorten the run (the schedule follows)")
+    p.add_argument("--out", default=None, help="checkpoint folder (default out/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or the folder holding ckpt.pt")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=_count, default=500)
+    p.add_argument("--temperature", type=_positive_float, default=0.8)
+    p.add_argument("--top-k", type=_count, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="measure matmul throughput, training speed, memory and generation")
+    p.add_argument("--preset", default="shakespeare-char")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--steps", type=_count, default=5, help="timed training steps per variant")
+    p.add_argument("--threads", type=_count, default=None, help="pin torch's thread count")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, DataError, ImportError) as exc:
+        print(f"nanogpt: error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nanogpt: interrupted", file=sys.stderr)
+        return 130
+    return 0
