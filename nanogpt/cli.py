@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"training {preset.name} ({preset.description}) on {device}; checkpoints in {out_dir}")
     t0 = time.perf_counter()
     model, history, data = train_preset(preset, device=device, max_iters=args.max_iters, out_dir=out_dir,
-                                        resume=args.resume)
+                                        resume=args.resume, eval_iters=args.eval_iters)
     wall = time.perf_counter() - t0
     final = history.evals[-1]
     summary = {"preset": preset.name, "device": device, "parameters": model.num_params(),
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=_count, default=None, help="shorten the run (the schedule follows)")
     p.add_argument("--out", default=None, help="checkpoint folder (default out/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--eval-iters", type=_count, default=None, help="batches per loss estimate")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")

@@ -93,6 +93,7 @@ def train_preset(
     resume: bool = False,
     progress: bool = True,
     data: CharData | None = None,
+    eval_iters: int | None = None,
 ) -> tuple[GPT, History, CharData]:
     """Train ``preset`` and return (model, history, data). ``max_iters`` shortens the run
     (the schedule shrinks with it)."""
@@ -103,6 +104,8 @@ def train_preset(
         cfg = replace(cfg, max_iters=max_iters, lr_decay_iters=max_iters,
                       warmup_iters=min(cfg.warmup_iters, max(1, max_iters // 10)),
                       eval_interval=min(cfg.eval_interval, max(1, max_iters)))
+    if eval_iters is not None:
+        cfg = replace(cfg, eval_iters=eval_iters)
     model_cfg = replace(preset.model, vocab_size=data.tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)
