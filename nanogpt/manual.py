@@ -72,7 +72,7 @@ LLMC_KERNELS: dict[str, str] = {
     "adamw_update": "adamw_kernel2 (fp32; dev/cuda/adamw.cu)",
     "gpt_forward": "gpt2_forward (fp32)",
     "gpt_backward": "gpt2_backward (fp32)",
-    "gpt_update": "gpt2_update (fp32): adamw_kernel2 over every tensor, weight decay on matrices only",
+    "gpt_update": "gpt2_update: one adamw_kernel2 launch over all parameters (train_gpt2_fp32.cu: uniform decay; train_gpt2.cu: matrices only, as here)",
 }
 
 GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)  # llm.c's #define of the same name
@@ -300,8 +300,8 @@ def gelu_forward(inp: Tensor) -> Tensor:
 def gelu_backward(dout: Tensor, inp: Tensor) -> Tensor:
     """dinp = dout * GELU'(inp), the derivative of the tanh form written out.
 
-    llm.c computes sech^2 as 1/cosh^2; here 1 - tanh^2, the same number without cosh's
-    overflow for large |x|.
+    llm.c computes sech^2 as 1/cosh^2; here 1 - tanh^2, the same number (for large |x|
+    both go to 0: cosh overflows to inf and 1/inf is 0).
     """
     cube = 0.044715 * inp * inp * inp
     tanh_out = torch.tanh(GELU_SCALING_FACTOR * (inp + cube))
@@ -537,7 +537,8 @@ def gpt_update(params: dict[str, Tensor], grads: dict[str, Tensor], state: dict[
 
     ``state`` starts as ``{}`` and keeps the moments ("m", "v") and the step ("t"). Weight
     decay applies to tensors with 2+ dimensions (matmul weights, embeddings), not to biases
-    and LayerNorm gains, as llm.c's gpt2_update and the course's trainer (``nanogpt.train``).
+    and LayerNorm gains, as llm.c's mixed-precision train_gpt2.cu and the course's trainer
+    (``nanogpt.train``); its fp32 reference, train_gpt2_fp32.cu, decays every tensor alike.
     """
     if not state:
         state.update(t=0, m={n: torch.zeros_like(x) for n, x in params.items()},
