@@ -1,0 +1,116 @@
+"""The 10-minute CPU race: train a candidate preset for a wall-clock budget, score it on the
+full validation split, print one JSON line.
+
+The number of iterations is calibrated to the budget from the candidate's measured step
+time, so the learning-rate schedule ends when the time does. Used to tune the
+``shakespeare-char-cpu`` preset; its results are shown in chapter 06.
+
+    python benchmarks/cpu_race.py --budget 600 --n-layer 4 --n-embd 192 --block 128 --batch 32 --lr 2e-3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from nanogpt.model import GPTConfig
+from nanogpt.presets import RUN_PRESETS, RunPreset, prepare_char_data, train_preset
+from nanogpt.train import TrainConfig, evaluate_full
+
+
+def candidate(args) -> RunPreset:
+    model = GPTConfig(block_size=args.block, vocab_size=65, n_layer=args.n_layer, n_head=args.n_head,
+                      n_embd=args.n_embd, dropout=args.dropout)
+    train = TrainConfig(max_iters=1, batch_size=args.batch, learning_rate=args.lr, min_lr=args.lr / 10,
+                        warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
+                        eval_interval=10**9, eval_iters=1, device="cpu",
+                        dtype=args.dtype)
+    return RunPreset("candidate", model, train, "sweep candidate")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of training")
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--from-json", default=None, help="save an earlier run's printed JSON line (with --label)")
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 autocast (fast on CPUs with AMX)")
+    p.add_argument("--preset", default=None, help="score a named preset as it is instead")
+    p.add_argument("--label", default=None, help="name of the candidate in the sweep table")
+    p.add_argument("--save", action="store_true", help="write the result to book/results/cpu-race-<label>.json")
+    args = p.parse_args()
+    if args.from_json:  # record a run whose JSON line was kept
+        summary = json.loads(open(args.from_json).read())
+        summary.setdefault("budget_s", summary["config"].pop("budget", args.budget))
+        summary["config"].pop("preset", None)
+        summary["label"] = args.label or summary.get("label", "candidate")
+        save(summary)
+        return
+    torch.set_num_threads(args.threads)
+    data = prepare_char_data()
+    preset = RUN_PRESETS[args.preset] if args.preset else candidate(args)
+    t0 = time.perf_counter()
+    if args.preset:
+        iters = preset.train.max_iters
+    else:  # calibrate: time 15 steps after 5 warm-up steps
+        _, h, _ = train_preset(preset, max_iters=20, progress=False, data=data)
+        per_step = sorted(r["ms"] for r in h.steps[5:])[7] / 1000
+        calib = time.perf_counter() - t0
+        iters = max(50, int((args.budget - calib) / per_step))
+        preset = replace(preset, train=replace(preset.train, max_iters=iters, lr_decay_iters=iters))
+    t1 = time.perf_counter()
+    model, history, _ = train_preset(preset, max_iters=iters if not args.preset else None, progress=False,
+                                     data=data)
+    train_s = time.perf_counter() - t1
+    val = evaluate_full(model, data.val, preset.model.block_size)  # in fp32
+    m, t = preset.model, preset.train
+    summary = {"label": args.label or args.preset or "candidate",
+               "config": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block": m.block_size,
+                          "batch": t.batch_size, "lr": t.learning_rate, "warmup": t.warmup_iters,
+                          "dropout": m.dropout, "weight_decay": t.weight_decay, "threads": args.threads,
+                          "dtype": t.dtype},
+               "budget_s": args.budget, "iters": iters, "params": model.num_params(),
+               "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
+               "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4)}
+    print(json.dumps(summary))
+    if args.save:
+        save(summary)
+
+
+def save(summary: dict) -> None:
+    """Write one race result as a record for the results page (and chapter 06)."""
+    from nanogpt.results import write_result
+    from nanogpt.runtime import describe_hardware
+
+    c = summary["config"]
+    torch.set_num_threads(c["threads"])  # so the hardware line states the run's thread count
+    write_result(f"cpu-race-{summary['label']}", {
+        "title": f"10-minute CPU race: {summary['label']}",
+        "kind": "training",
+        "model": f"GPT {c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, context {c['block']}, "
+                 f"{summary['params']:,} params",
+        "hardware": describe_hardware("cpu"), "device": "cpu", "torch": torch.__version__,
+        "command": "python benchmarks/cpu_race.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in c.items()) + f" --budget {summary['budget_s']:g}",
+        "metrics": {"val_loss": summary["val_full"], "wall_time_s": summary["wall_s"],
+                    "train_time_s": summary["train_s"], "iterations": summary["iters"],
+                    "final_train_loss": summary["final_train_loss"], "batch_size": c["batch"],
+                    "learning_rate": c["lr"], "dropout": c["dropout"], "threads": c["threads"],
+                    "autocast": c.get("dtype", "float32"),
+                    "tokens_per_s": round(summary["iters"] * c["batch"] * c["block"] / summary["train_s"], 1)},
+    })
+
+
+if __name__ == "__main__":
+    main()
