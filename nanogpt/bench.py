@@ -187,9 +187,29 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     return result
 
 
+def save_result(result: dict) -> None:
+    """Write the figures as a record for the book's results page (book/results/bench-*.json)."""
+    from .results import write_result
+
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics["tokens_per_s"] = metrics.pop("train_tokens_per_s")
+    metrics["gen_same_tokens"] = result["gen_same_tokens"]
+    write_result(f"bench-{result['preset']}-{result['device']}", {
+        "title": f"python -m nanogpt bench: {result['preset']} training step, generation, memory",
+        "kind": "benchmark",
+        "model": f"GPT {result['parameters']:,} parameters, batch {result['batch_size']} x {result['block_size']}, "
+                 f"dropout {result['dropout']}",
+        "hardware": result["hardware"], "device": result["device"], "torch": result["torch"],
+        "command": f"python -m nanogpt bench --preset {result['preset']} --threads {result['threads']} --save",
+        "metrics": metrics,
+    })
+
+
 def main(args) -> None:
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     result = run_benchmark(args.preset, args.device, steps=max(1, args.steps), threads=args.threads, log=log)
+    if args.save:
+        save_result(result)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--steps", type=_count, default=5, help="timed training steps per variant")
     p.add_argument("--threads", type=_count, default=None, help="pin torch's thread count")
+    p.add_argument("--save", action="store_true", help="write the figures to book/results/ for the book")
     p.set_defaults(func=cmd_bench)
     return parser
 

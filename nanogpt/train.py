@@ -50,6 +50,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
     peak_flops: float | None = None  # for MFU; None: a known GPU's data-sheet peak, else no MFU
+    time_budget_s: float | None = None  # train for this many seconds (max_iters is then a cap)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
@@ -59,19 +60,28 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_iters must be >= 0, got {self.max_iters}")
         if self.learning_rate <= 0:
             raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"TrainConfig.time_budget_s must be positive, got {self.time_budget_s}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"TrainConfig.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
 
-def lr_at(it: int, cfg: TrainConfig) -> float:
-    """Learning rate at step ``it``: linear warmup, cosine decay to ``min_lr``, then flat."""
+def lr_at(it: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Learning rate at step ``it``: linear warmup, cosine decay to ``min_lr``, then flat.
+
+    With a time budget, ``time_fraction`` (the share of the budget already spent) drives the
+    cosine instead of the step count, so the schedule ends when the time does.
+    """
     min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= decay_iters:
+    if time_fraction is not None:
+        progress = min(max(time_fraction, 0.0), 1.0)
+    elif it >= decay_iters:
         return min_lr
-    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    else:
+        progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - min_lr)
 
 
@@ -109,20 +119,23 @@ def autocast(device_type: str, dtype: torch.dtype):
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
-# Data-sheet dense peaks (FLOP/s) used for MFU when no measured peak is given.
-GPU_PEAK_FLOPS = {"A100": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 19.5e12},
-                  "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-                  "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-                  "T4": {torch.float16: 65e12, torch.float32: 8.1e12}}
-
-
 def default_peak_flops(device_type: str, dtype: torch.dtype) -> float | None:
+    """Data-sheet dense peak of the GPU at hand for ``dtype`` (``nanogpt.compute.GPU_PEAKS``).
+
+    fp32 counts as TF32 on GPUs that have it, since the trainer turns TF32 on. None on a
+    CPU or an unknown GPU: pass a measured ``peak_flops`` then.
+    """
     if device_type != "cuda":
         return None
+    from .compute import GPU_PEAKS
+
     name = torch.cuda.get_device_name()
-    for key, peaks in GPU_PEAK_FLOPS.items():
-        if key in name:
-            return peaks.get(dtype)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32")
+    fallback = {"tf32": "fp32", "bf16": "fp16", "fp16": "bf16"}  # same tensor-core rate
+    for gpu, listed_as in (("A100", "A100"), ("H100", "H100"), ("H200", "H100"), ("T4", "T4")):
+        if gpu in name:  # the H200 has the H100's compute, with more and faster memory
+            table = {p.precision: p.peak_flops for p in GPU_PEAKS if p.gpu.split()[0] == listed_as}
+            return table.get(precision) or table.get(fallback[precision])
     return None
 
 
@@ -312,6 +325,9 @@ def train(
     device = pick_device(cfg.device)
     device_type = torch.device(device).type
     dist_info = setup_distributed(device_type)
+    if cfg.time_budget_s is not None and dist_info.world_size > 1:
+        raise ValueError("time_budget_s is for single-process runs: under DDP the ranks' clocks "
+                         "could stop them at different steps; use max_iters")
     if device_type == "cuda" and dist_info.world_size > 1:
         device = f"cuda:{dist_info.local_rank}"
     if device_type == "cuda":
@@ -380,13 +396,20 @@ def train(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.max_iters, initial=start, disable=not progress or not dist_info.is_master,
-               desc="training", unit="it", dynamic_ncols=True)
+    budget = cfg.time_budget_s
+    # Training time so far (steps only, not evaluations): the clock a time budget runs on.
+    trained_s = sum(row["ms"] for row in history.steps) / 1000
+
+    def finished(it: int) -> bool:
+        return it >= cfg.max_iters or (budget is not None and trained_s >= budget)
+
+    bar = tqdm(total=None if budget else cfg.max_iters, initial=start,
+               disable=not progress or not dist_info.is_master, desc="training", unit="it", dynamic_ncols=True)
     postfix: dict[str, str] = {}
     it = start
     try:
         while True:
-            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (resume and it == start):
+            if (it % cfg.eval_interval == 0 or finished(it)) and not (resume and it == start):
                 losses = estimate_loss(model, eval_sources, cfg.eval_iters, ctx, device)
                 history.evals.append({"iter": it, **losses})
                 postfix.update({k: f"{v:.4f}" for k, v in losses.items()})
@@ -394,11 +417,11 @@ def train(
                 checkpoint(it, x, y)
                 if on_eval is not None and dist_info.is_master:
                     on_eval(it, losses)
-            if it >= cfg.max_iters:
+            if finished(it):
                 break
 
             t0 = time.perf_counter()
-            lr = lr_at(it, cfg)
+            lr = lr_at(it, cfg, trained_s / budget if budget else None)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
@@ -433,6 +456,7 @@ def train(
             if device_type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
+            trained_s += dt
             tps = tokens_per_step / dt
             mfu = flops_per_token * tps / peak if (flops_per_token and peak) else None
             history.steps.append({"iter": it, "loss": step_loss, "lr": lr, "grad_norm": norm,

@@ -126,3 +126,29 @@ def test_ddp_two_processes_match_one_process_with_double_accumulation(tmp_path):
     assert len(ddp) == len(single) == 8
     assert ddp == pytest.approx(single, abs=1e-5)
     assert ddp[-1] < ddp[0]
+
+
+def test_time_budget_stops_on_time_and_ends_the_schedule():
+    _, history = run(10**6, time_budget_s=1.5, eval_interval=10**6, lr_decay_iters=None)
+    trained = sum(row["ms"] for row in history.steps) / 1000
+    last_step_s = history.steps[-1]["ms"] / 1000
+    assert 1.5 <= trained < 1.5 + last_step_s + 1e-9  # stopped at the first step past the budget
+    assert history.steps[-1]["lr"] < 3e-3 * 0.15      # the cosine has (nearly) reached min_lr
+    assert [e["iter"] for e in history.evals] == [0, len(history.steps)]
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=0)
+
+
+@pytest.mark.parametrize("gpu,dtype,peak", [
+    ("NVIDIA A100-SXM4-80GB", torch.float32, 156e12),   # fp32 runs on TF32 tensor cores
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.5e12),
+    ("NVIDIA H200", torch.float16, 989.5e12),
+    ("Tesla T4", torch.float16, 65e12),
+    ("NVIDIA GeForce RTX 4090", torch.bfloat16, None),  # unknown: the caller passes a measured peak
+])
+def test_default_peak_flops_reads_the_data_sheet_table(gpu, dtype, peak, monkeypatch):
+    from nanogpt.train import default_peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: gpu)
+    assert default_peak_flops("cuda", dtype) == peak
+    assert default_peak_flops("cpu", torch.float32) is None
