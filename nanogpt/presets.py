@@ -39,14 +39,15 @@ RUN_PRESETS: dict[str, RunPreset] = {
                           lr_decay_iters=5000, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=200),
         description="6 layers, 6 heads, 384 wide, context 256, dropout 0.2 (GPU-sized)",
     ),
-    # Sized for a CPU: ten minutes of training on any machine (the schedule follows the clock),
-    # chosen by the 10-minute race in chapter 06 on a 2-core CPU.
+    # Sized for a CPU: nanoGPT's suggested CPU model, trained for ten minutes by the clock (the
+    # schedule follows the time spent). In the 10-minute race of chapter 06 on a 2-core CPU it
+    # beat wider batches, longer context and dropout: many small, fast steps win there.
     "shakespeare-char-cpu": RunPreset(
         name="shakespeare-char-cpu",
-        model=GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.1),
-        train=TrainConfig(max_iters=1_000_000, time_budget_s=600, batch_size=32, learning_rate=2e-3, min_lr=2e-4,
-                          warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=500, eval_iters=50),
-        description="4 layers, 4 heads, 128 wide, context 128, dropout 0.1, 10 minutes (CPU-sized)",
+        model=GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        train=TrainConfig(max_iters=10**9, time_budget_s=600, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+                          warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=1000, eval_iters=100),
+        description="4 layers, 4 heads, 128 wide, context 64, batch 12, 10 minutes (CPU-sized)",
     ),
 }
 
