@@ -28,6 +28,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn, device: str = "cpu"):
+    """``fn`` wrapped to return its wall time in seconds, synchronising the GPU around it."""
+
+    def run() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def make_step(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str,
               dtype: torch.dtype = torch.float32, optimizer: torch.optim.Optimizer | None = None):
     """A function that runs one full training step (forward, backward, AdamW) and returns its seconds."""
@@ -37,18 +50,14 @@ def make_step(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
     x, y = batch
     model.train()
 
-    def step() -> float:
-        _sync(device)
-        t0 = time.perf_counter()
+    def step() -> None:
         with ctx:
             _, loss = model(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - t0
 
-    return step
+    return timed(step, device)
 
 
 def alternate(steps: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:

@@ -205,6 +205,11 @@ class RandomBatches:
         self.generator.set_state(state["generator"])
 
 
+def _length(source) -> int:
+    """Tokens in a source, without loading a shard file."""
+    return len(read_tokens(source)) if isinstance(source, (str, Path)) else len(source)
+
+
 def _as_tokens(source) -> torch.Tensor:
     """A 1-D int64 tensor from a tensor, an array, a list or a uint16 shard path."""
     if isinstance(source, (str, Path)):
@@ -252,7 +257,7 @@ class DataLoaderLite:
 
     def batches_per_epoch(self, shard: int = 0) -> int:
         """Steps before this loader leaves shard ``shard`` (the tail shorter than a step is skipped)."""
-        n = len(self.tokens) if shard == self.shard else len(_as_tokens(self.sources[shard]))
+        n = len(self.tokens) if shard == self.shard else _length(self.sources[shard])
         return (n - 1) // self.tokens_per_step
 
     def reset(self, shard: int = 0) -> None:

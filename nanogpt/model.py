@@ -199,6 +199,29 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Attention weights of every layer and head for one sequence ``idx`` (1, T), in eval mode.
+
+        The fused attention never forms these (T, T) matrices, so they are recomputed from
+        each block's queries and keys: returns (n_layer, n_head, T, T).
+        """
+        from .attention import attention_weights
+
+        if self.config.attention != "fused":
+            raise ValueError("attention_maps reads the fused c_attn projection; this model is 'naive'")
+        cfg, tr = self.config, self.transformer
+        B, T = idx.shape
+        x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        maps = []
+        for block in tr.h:
+            q, k, _ = block.attn.c_attn(block.ln_1(x)).split(cfg.n_embd, dim=2)
+            q = q.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)  # (B, nh, T, hs)
+            k = k.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)
+            maps.append(attention_weights(q, k)[0])                        # (nh, T, T)
+            x = block(x)
+        return torch.stack(maps)
+
     # --- generation --------------------------------------------------------------------
 
     @torch.no_grad()

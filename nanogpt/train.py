@@ -86,18 +86,25 @@ def lr_at(it: int, cfg: TrainConfig, time_fraction: float | None = None) -> floa
 
 
 def configure_adamw(model: nn.Module, weight_decay: float, learning_rate: float,
-                    betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+                    betas: tuple[float, float], device_type: str,
+                    implementation: str | None = None) -> torch.optim.AdamW:
     """AdamW that decays matrices (matmul weights, embeddings) but not biases or LayerNorm gains.
 
-    The fused kernel updates every parameter in one pass; on CUDA and on CPUs alike it is
-    several times faster than the per-parameter loop (measured 6x on a 2-core CPU).
+    ``implementation``: "for-loop", "foreach" or "fused"; by default fused on CUDA and CPU,
+    where its one pass over every parameter is several times faster than the per-parameter
+    loop (measured 6x for the optimizer step of the 10.8M model on a 2-core CPU).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+    if implementation is None:
+        implementation = "fused" if device_type in ("cuda", "cpu") else "foreach"
+    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    if implementation not in flags:
+        raise ValueError(f"implementation must be one of {', '.join(flags)}, got {implementation!r}")
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **flags[implementation])
 
 
 def resolve_dtype(device_type: str, requested: str = "auto") -> torch.dtype:

@@ -75,13 +75,12 @@ def test_naive_and_fused_attention_compute_the_same_function():
 
 
 def test_naive_and_fused_gpt_agree_with_the_same_weights():
+    from nanogpt.bench import naive_twin
+
     torch.manual_seed(0)
     fused = GPT(GPTConfig(**{**TINY.to_dict(), "dropout": 0.2})).eval()
-    naive = GPT(GPTConfig(**{**TINY.to_dict(), "dropout": 0.2, "attention": "naive"})).eval()
-    state = {k: v for k, v in fused.state_dict().items() if ".attn." not in k}
-    naive.load_state_dict(state, strict=False)
-    for bf, bn in zip(fused.transformer.h, naive.transformer.h):
-        bn.attn.load_from_fused(bf.attn)
+    naive = naive_twin(fused).eval()
+    assert naive.config.attention == "naive"
     idx = torch.randint(0, 37, (2, 16))
     torch.testing.assert_close(naive(idx)[0], fused(idx)[0], rtol=1e-5, atol=1e-5)
 
@@ -154,3 +153,12 @@ def test_counting_bigram_is_the_optimum_a_trained_table_approaches():
         opt.step()
     _, val_loss = learned(val[None, :-1], val[None, 1:])
     assert val_loss.item() < counting.loss(val) + 0.05
+
+
+def test_attention_maps_are_causal_distributions():
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    maps = model.attention_maps(torch.randint(0, 37, (1, 10)))
+    assert maps.shape == (2, 2, 10, 10)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 10))
+    assert torch.all(maps.triu(diagonal=1) == 0)
