@@ -40,12 +40,17 @@ STAGES: tuple[str, ...] = (
 )
 
 
+def video_heads(config: GPTConfig) -> MultiHeadAttention:
+    """The video's multi-head attention for ``config`` (dropout on probabilities and output)."""
+    return MultiHeadAttention(config.n_embd, config.n_head, config.block_size, config.dropout, config.bias)
+
+
 class PlainBlock(nn.Module):
     """Attention then MLP, with or without residual connections, and no LayerNorm."""
 
     def __init__(self, config: GPTConfig, residual: bool):
         super().__init__()
-        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.block_size, config.dropout, config.bias)
+        self.attn = video_heads(config)
         self.mlp = MLP(config)
         self.residual = residual
 
@@ -67,8 +72,7 @@ class LadderLM(nn.Module):
         self.stage, self.vocab_size, self.block_size = stage, vocab_size, block_size
         level = STAGES.index(stage)
         config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                           n_embd=n_embd, dropout=dropout if stage == "+dropout" else 0.0, bias=True,
-                           attention="naive")
+                           n_embd=n_embd, dropout=dropout if stage == "+dropout" else 0.0, bias=True)
         self.config = config
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
@@ -83,8 +87,8 @@ class LadderLM(nn.Module):
             self.blocks = PlainBlock(config, residual=False)  # one attention + one MLP
         elif stage in ("blocks", "+residual"):
             self.blocks = nn.Sequential(*(PlainBlock(config, residual=stage == "+residual") for _ in range(n_layer)))
-        else:  # "+layernorm", "+dropout": GPT's own pre-LN Block
-            self.blocks = nn.Sequential(*(Block(config) for _ in range(n_layer)))
+        else:  # "+layernorm", "+dropout": GPT's own pre-LN Block, with the video's heads inside
+            self.blocks = nn.Sequential(*(Block(config, attn=video_heads(config)) for _ in range(n_layer)))
         self.ln_f = nn.LayerNorm(n_embd) if level >= STAGES.index("+layernorm") else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size)
 

@@ -419,8 +419,6 @@ def params_from_model(model: torch.nn.Module, dtype: torch.dtype = torch.float64
 def _check_config(config: Any) -> None:
     if getattr(config, "dropout", 0.0) != 0.0:
         raise ValueError(f"the manual GPT has no dropout; use a config with dropout=0.0 (got {config.dropout})")
-    if getattr(config, "attention", "fused") != "fused":
-        raise ValueError("the manual GPT follows the fused CausalSelfAttention (config.attention='fused')")
 
 
 def gpt_forward(params: dict[str, Tensor], idx: Tensor, targets: Tensor | None, config: ConfigLike

@@ -1,8 +1,10 @@
 """The GPT: token + position embeddings, a stack of pre-LayerNorm Transformer blocks, and a
 language-model head tied to the token embedding.
 
+This file is the whole model and needs only torch: copy it into a project of your own.
 Parameter names follow GPT-2 (``transformer.h.0.attn.c_attn`` ...) so Hugging Face weights
-load with a transpose and nothing else. Needs only torch and its sibling ``attention``.
+load with a transpose and nothing else. The teaching variants (the video's per-head
+attention, the ablation ladder) live in ``attention.py`` and ``ladder.py``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CausalSelfAttention, KVCache, MultiHeadAttention
 
 
 @dataclass
@@ -27,7 +28,6 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0       # on embeddings, attention output and MLP output
     bias: bool = True          # biases in Linear layers and LayerNorms, as GPT-2
-    attention: str = "fused"   # "fused": CausalSelfAttention; "naive": the video's Heads
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -40,8 +40,6 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.attention not in ("fused", "naive"):
-            raise ValueError(f"GPTConfig.attention must be 'fused' or 'naive', got {self.attention!r}")
 
     @property
     def head_size(self) -> int:
@@ -52,16 +50,9 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        """The config saved by ``to_dict``; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-PRESETS: dict[str, GPTConfig] = {
-    # The video's Tiny Shakespeare model: ~10.8M parameters, val loss ~1.48 on a GPU.
-    "shakespeare-char": GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-    # GPT-2 small (124M), vocabulary padded from 50,257 to 50,304 (a multiple of 128).
-    "gpt2": GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
-}
 
 
 def sample_next_token(
@@ -71,12 +62,88 @@ def sample_next_token(
     """Sample one token per row from (B, vocab) logits: scale by temperature, keep the top k."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number >= 1 (or None for no limit), got {top_k!r}")
     logits = logits / temperature
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal softmax(q k^T / sqrt(hs)) for (..., T, hs) inputs: the maps the chapters plot."""
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])  # (..., T, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer, preallocated."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
+                 device=None, dtype=None) -> None:
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0  # positions filled (the same in every layer once a forward finishes)
+        self.max_len = max_len
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new (B, nh, t, hs) keys/values for ``layer``; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused q/k/v projection.
+
+    Attention probabilities are not dropped out: on a CPU, ``scaled_dot_product_attention``
+    with ``dropout_p > 0`` leaves its fast fused kernel for the slow math path, which
+    materialises every (T, T) matrix. Regularisation comes from dropout on the output
+    projection (and, in the model, on embeddings and the MLP), which keeps the fast path.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_embd, self.n_head = n_embd, n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of (B, T, C) inputs, each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x)  # each (B, nh, T, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
+            if T == 1:  # one new query sees every cached position: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:       # a prompt: query i sees keys up to past + i
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): the heads side by side again
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -94,15 +161,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
-    def __init__(self, config: GPTConfig):
+    ``attn`` replaces the attention module (any (B, T, C) -> (B, T, C) module); the
+    chapters pass the video's per-head attention here. Default: ``CausalSelfAttention``.
+    """
+
+    def __init__(self, config: GPTConfig, attn: nn.Module | None = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        if config.attention == "naive":
-            self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.block_size, config.dropout, config.bias)
-        else:
-            self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+        if attn is None:
+            attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+        self.attn = attn
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -134,7 +204,7 @@ class GPT(nn.Module):
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), so the residual stream's
         # variance does not grow with depth (two additions per block).
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight") or name.endswith("attn.proj.weight"):
+            if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -199,27 +269,34 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def uses_fused_attention(self) -> bool:
+        """True when every block has ``CausalSelfAttention`` (what the KV cache and maps need)."""
+        return all(isinstance(block.attn, CausalSelfAttention) for block in self.transformer.h)
+
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
         """Attention weights of every layer and head for one sequence ``idx`` (1, T), in eval mode.
 
         The fused attention never forms these (T, T) matrices, so they are recomputed from
-        each block's queries and keys: returns (n_layer, n_head, T, T).
+        each block's queries and keys: returns (n_layer, n_head, T, T). The model's
+        training/eval mode is restored afterwards.
         """
-        from .attention import attention_weights
-
-        if self.config.attention != "fused":
-            raise ValueError("attention_maps reads the fused c_attn projection; this model is 'naive'")
-        cfg, tr = self.config, self.transformer
-        B, T = idx.shape
-        x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        maps = []
-        for block in tr.h:
-            q, k, _ = block.attn.c_attn(block.ln_1(x)).split(cfg.n_embd, dim=2)
-            q = q.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)  # (B, nh, T, hs)
-            k = k.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)
-            maps.append(attention_weights(q, k)[0])                        # (nh, T, T)
-            x = block(x)
+        if not self.uses_fused_attention():
+            raise ValueError("attention_maps reads CausalSelfAttention's q/k projection; "
+                             "this model has another attention module")
+        was_training = self.training
+        self.eval()  # no dropout: the maps of the model as it predicts
+        try:
+            tr = self.transformer
+            T = idx.shape[1]
+            x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+            maps = []
+            for block in tr.h:
+                q, k, _ = block.attn.qkv(block.ln_1(x))  # each (B, nh, T, hs)
+                maps.append(attention_weights(q, k)[0])  # (nh, T, T)
+                x = block(x)
+        finally:
+            self.train(was_training)
         return torch.stack(maps)
 
     # --- generation --------------------------------------------------------------------
@@ -242,7 +319,7 @@ class GPT(nn.Module):
         """
         cfg = self.config
         cache = None
-        if use_cache and cfg.attention == "fused":
+        if use_cache and self.uses_fused_attention():
             param = self.lm_head.weight
             cache = KVCache(cfg.n_layer, idx.shape[0], cfg.n_head, cfg.block_size, cfg.head_size,
                             device=param.device, dtype=param.dtype)
@@ -279,8 +356,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def load_hf_state_dict(self, hf_state: dict[str, torch.Tensor]) -> None:
-        """Copy a Hugging Face GPT-2 state dict into this model, transposing Conv1D weights."""
+        """Copy a Hugging Face GPT-2 state dict into this model, transposing Conv1D weights.
+
+        Every parameter of this model must be filled: a missing one is a ``KeyError``.
+        """
         ours = self.state_dict()
+        filled = {"lm_head.weight"}  # tied to transformer.wte.weight
         transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         hf_keys = [k for k in hf_state if not k.endswith((".attn.bias", ".attn.masked_bias"))]
         for key in hf_keys:
@@ -294,3 +375,8 @@ class GPT(nn.Module):
             if src.shape != ours[key].shape:
                 raise ValueError(f"shape mismatch for {key}: {tuple(src.shape)} vs {tuple(ours[key].shape)}")
             ours[key].copy_(src)
+            filled.add(key)
+        missing = [key for key in ours if key not in filled]
+        if missing:
+            raise KeyError(f"the Hugging Face state dict has no {', '.join(missing[:5])}"
+                           + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from nanogpt.attention import naive_twin
 from nanogpt.ladder import STAGES, LadderLM
 from nanogpt.model import GPT, GPTConfig
 
@@ -61,13 +62,15 @@ def test_each_stage_adds_parameters_in_order():
 def test_layernorm_stage_is_gpt_plus_untied_head(attention):
     # GPT ties lm_head to the token embedding and gives it no bias; the ladder keeps the
     # video's separate nn.Linear with a bias: that is the whole difference.
-    gpt = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=NL, n_head=NH, n_embd=C, bias=True, attention=attention))
+    gpt = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=NL, n_head=NH, n_embd=C, bias=True))
+    if attention == "naive":
+        gpt = naive_twin(gpt)  # per-head attention holds the same number of parameters
     ladder = make("+layernorm")
     assert ladder.num_params() == gpt.num_params() + V * C + V
 
 
 def test_layernorm_stage_computes_what_gpt_computes():
-    gpt = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=NL, n_head=NH, n_embd=C, attention="naive")).eval()
+    gpt = naive_twin(GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=NL, n_head=NH, n_embd=C))).eval()
     ladder = make("+layernorm").eval()
     with torch.no_grad():
         ladder.token_embedding.weight.copy_(gpt.transformer.wte.weight)

@@ -294,8 +294,6 @@ def test_gpt_forward_without_targets_and_errors():
         M.gpt_forward(params, torch.zeros(1, cfg.block_size + 1, dtype=torch.long), None, cfg)
     with pytest.raises(ValueError, match="dropout"):
         M.gpt_forward(params, idx, None, GPTConfig(**{**cfg.to_dict(), "dropout": 0.1}))
-    with pytest.raises(ValueError, match="fused"):
-        M.gpt_forward(params, idx, None, GPTConfig(**{**cfg.to_dict(), "attention": "naive"}))
 
 
 # --- AdamW --------------------------------------------------------------------------------------

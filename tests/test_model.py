@@ -21,7 +21,6 @@ TINY = GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, d
     ("block_size", -4, "block_size must be a positive integer"),
     ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
     ("vocab_size", 2.5, "vocab_size must be a positive integer"),
-    ("attention", "sparse", "attention must be"),
 ])
 def test_config_rejects_bad_values_by_name(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -29,13 +28,13 @@ def test_config_rejects_bad_values_by_name(field, value, match):
 
 
 def test_shakespeare_preset_size():
-    model = GPT(PRESETS["shakespeare-char"])
+    model = GPT(PRESETS["shakespeare-char"].model)
     assert model.num_params() == 10_770_816  # ~10.8M, as in the video
     assert model.num_params(non_embedding=True) == 10_770_816 - 65 * 384 - 256 * 384
 
 
 def test_gpt2_preset_size():
-    model = GPT(PRESETS["gpt2"])
+    model = GPT(PRESETS["gpt2"].model)
     # GPT-2 small: 124M with the 50,257-token table; padding to 50,304 adds 47 * 768.
     assert model.num_params() == 124_439_808 + 47 * 768
 
@@ -75,14 +74,70 @@ def test_naive_and_fused_attention_compute_the_same_function():
 
 
 def test_naive_and_fused_gpt_agree_with_the_same_weights():
-    from nanogpt.bench import naive_twin
+    from nanogpt.attention import naive_twin
 
     torch.manual_seed(0)
     fused = GPT(GPTConfig(**{**TINY.to_dict(), "dropout": 0.2})).eval()
     naive = naive_twin(fused).eval()
-    assert naive.config.attention == "naive"
+    assert type(naive.transformer.h[0].attn).__name__ == "MultiHeadAttention"
+    assert not naive.uses_fused_attention() and fused.uses_fused_attention()
     idx = torch.randint(0, 37, (2, 16))
     torch.testing.assert_close(naive(idx)[0], fused(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_naive_twin_computes_the_same_function_in_training_mode_too():
+    """No dropout on attention probabilities in the twin: same dropout masks, same loss."""
+    from nanogpt.attention import naive_twin
+
+    torch.manual_seed(0)
+    fused = GPT(GPTConfig(**{**TINY.to_dict(), "dropout": 0.2})).train()
+    naive = naive_twin(fused).train()
+    idx, targets = torch.randint(0, 37, (2, 16)), torch.randint(0, 37, (2, 16))
+    torch.manual_seed(7)
+    loss_fused = fused(idx, targets)[1]
+    torch.manual_seed(7)
+    loss_naive = naive(idx, targets)[1]
+    torch.testing.assert_close(loss_naive, loss_fused, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(8)  # other masks give another loss: dropout really is active
+    assert abs(fused(idx, targets)[1].item() - loss_fused.item()) > 1e-4
+
+
+def test_top_k_below_one_is_a_clear_error():
+    model = GPT(TINY).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="top_k must be a whole number >= 1"):
+            model.generate(prompt, 1, top_k=bad)
+    assert model.generate(prompt, 2, top_k=1).shape == (1, 3)
+
+
+def test_attention_maps_are_taken_in_eval_mode_and_restore_the_mode():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY.to_dict(), "dropout": 0.5})).train()
+    idx = torch.randint(0, 37, (1, 16))
+    first, second = model.attention_maps(idx), model.attention_maps(idx)
+    assert model.training  # restored
+    assert torch.equal(first, second)  # no dropout inside: the same maps every time
+    assert first.shape == (TINY.n_layer, TINY.n_head, 16, 16)
+    torch.testing.assert_close(first.sum(-1), torch.ones(TINY.n_layer, TINY.n_head, 16))
+
+
+def _as_hf_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights laid out as Hugging Face's GPT-2 stores them (Conv1D weights transposed)."""
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    return {k: (v.t() if k.endswith(conv1d) else v).clone() for k, v in model.state_dict().items()}
+
+
+def test_load_hf_state_dict_fills_every_parameter_or_refuses():
+    torch.manual_seed(0)
+    source, target = GPT(TINY), GPT(TINY)
+    target.load_hf_state_dict(_as_hf_state(source))
+    idx = torch.randint(0, 37, (1, 16))
+    torch.testing.assert_close(target(idx)[0], source(idx)[0])
+    incomplete = _as_hf_state(source)
+    del incomplete["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(KeyError, match=r"transformer\.h\.1\.mlp\.c_fc\.bias"):
+        GPT(TINY).load_hf_state_dict(incomplete)
 
 
 def test_generate_crops_context_and_cache_gives_the_same_tokens():
