@@ -1,10 +1,12 @@
-"""The trainer: schedule, reproducibility, exact resume, divergence, evaluation, DDP."""
+"""The trainer: schedule, reproducibility, exact resume, interruption, checkpoints, precision, evaluation.
+
+The multi-process DDP tests are in test_ddp.py."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
+import pickle
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,21 +16,38 @@ import torch.nn.functional as F
 from nanogpt import GPT, GPTConfig
 from nanogpt.bigram import BigramLanguageModel
 from nanogpt.data import RandomBatches
-from nanogpt.train import NonFiniteLossError, TrainConfig, evaluate_full, load_checkpoint, lr_at, train
+from nanogpt.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    Precision,
+    TrainConfig,
+    TrainingInterrupted,
+    default_peak_flops,
+    eval_batches,
+    evaluate_full,
+    load_checkpoint,
+    lr_at,
+    precision_plan,
+    resolve_dtype,
+    save_checkpoint,
+    set_up,
+    train,
+)
 
 TINY = GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 # A learnable stream: mostly +5 steps modulo 37, with noise.
 TOKENS = (torch.arange(5_000) * 5 + torch.randint(0, 3, (5_000,), generator=torch.Generator().manual_seed(0))) % 37
 
 
-def run(max_iters: int, out_dir=None, resume=False, model_cls=GPT, **overrides):
+def run(max_iters: int | None, out_dir=None, resume=False, model_cls=GPT, model_config=TINY, evals=None,
+        progress=False, **overrides):
     torch.manual_seed(0)
-    model = model_cls(TINY)
+    model = model_cls(model_config)
     cfg = TrainConfig(**{**dict(max_iters=max_iters, batch_size=4, learning_rate=3e-3, warmup_iters=2,
                                 lr_decay_iters=12, eval_interval=3, eval_iters=2, device="cpu"), **overrides})
     batches = RandomBatches(TOKENS, 4, 16, seed=3)
-    evals = {"train": RandomBatches(TOKENS, 4, 16, seed=1), "val": RandomBatches(TOKENS, 4, 16, seed=2)}
-    history = train(model, batches, evals, cfg, out_dir=out_dir, resume=resume, progress=False)
+    evals = evals or {"train": RandomBatches(TOKENS, 4, 16, seed=1), "val": RandomBatches(TOKENS, 4, 16, seed=2)}
+    history = train(model, batches, evals, cfg, out_dir=out_dir, resume=resume, progress=progress)
     return model, history
 
 
@@ -93,7 +112,7 @@ class ExplodingGPT(GPT):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="at iteration 7"):
         run(12, out_dir=tmp_path, model_cls=ExplodingGPT)
-    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert state["iter"] == 6
     model = GPT(TINY)
     model.load_state_dict(state["model"])
@@ -110,26 +129,8 @@ def test_evaluate_full_counts_every_position_once():
     assert evaluate_full(model, tokens, block_size=7, batch_size=5) == pytest.approx(expected, rel=1e-6)
 
 
-def _launch(args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def test_ddp_two_processes_match_one_process_with_double_accumulation(tmp_path):
-    worker = str(Path(__file__).with_name("ddp_worker.py"))
-    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             worker, str(tmp_path / "ddp.json"), "1"])
-    _launch([sys.executable, worker, str(tmp_path / "single.json"), "2"])
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
-    single = json.loads((tmp_path / "single.json").read_text())
-    assert len(ddp) == len(single) == 8
-    assert ddp == pytest.approx(single, abs=1e-5)
-    assert ddp[-1] < ddp[0]
-
-
 def test_time_budget_stops_on_time_and_ends_the_schedule():
-    _, history = run(10**6, time_budget_s=1.5, eval_interval=10**6, lr_decay_iters=None)
+    _, history = run(None, time_budget_s=1.5, eval_interval=10**6, lr_decay_iters=None)
     trained = sum(row["ms"] for row in history.steps) / 1000
     last_step_s = history.steps[-1]["ms"] / 1000
     assert 1.5 <= trained < 1.5 + last_step_s + 1e-9  # stopped at the first step past the budget
@@ -147,8 +148,344 @@ def test_time_budget_stops_on_time_and_ends_the_schedule():
     ("NVIDIA GeForce RTX 4090", torch.bfloat16, None),  # unknown: the caller passes a measured peak
 ])
 def test_default_peak_flops_reads_the_data_sheet_table(gpu, dtype, peak, monkeypatch):
-    from nanogpt.train import default_peak_flops
-
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: gpu)
     assert default_peak_flops("cuda", dtype) == peak
     assert default_peak_flops("cpu", torch.float32) is None
+
+
+def test_a_run_without_a_step_cap_needs_a_time_budget():
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(max_iters=None)
+    cfg = TrainConfig(max_iters=None, time_budget_s=10, warmup_iters=10)
+    assert lr_at(5, cfg) == pytest.approx(1e-3 * 6 / 11)  # warmup needs no end
+    assert lr_at(50, cfg, time_fraction=1.0) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="time_fraction"):
+        lr_at(50, cfg)  # after warmup, only the clock says where the cosine is
+
+
+# --- interruption -------------------------------------------------------------------------
+
+def _signal_during_training_forward(monkeypatch, signum: int, call: int, times: int = 1) -> None:
+    """Make the ``call``-th training forward pass send this process ``signum`` (``times`` times)."""
+    forward, calls = GPT.forward, []
+
+    def signalling_forward(self, *args, **kwargs):
+        if self.training:
+            calls.append(1)
+            if len(calls) == call:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", signalling_forward)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_current_step_and_resume_loses_nothing(tmp_path, monkeypatch, signum):
+    _, straight = run(12)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _signal_during_training_forward(monkeypatch, signum, call=5)  # in the middle of step 4 (0-based)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(12, out_dir=tmp_path)
+    monkeypatch.undo()
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert info.value.iter == 5                               # step 4 finished; not an evaluation step
+    assert info.value.checkpoint == tmp_path / "ckpt.pt"
+    assert signal.Signals(signum).name in str(info.value)
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the previous handlers are back
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == 5
+    _, resumed = run(12, out_dir=tmp_path, resume=True)
+    assert resumed.column("loss") == straight.column("loss")  # bit for bit
+    assert resumed.evals == straight.evals
+
+
+def test_interrupted_without_out_dir_reports_no_checkpoint(monkeypatch):
+    _signal_during_training_forward(monkeypatch, signal.SIGINT, call=2)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(12)
+    assert (info.value.iter, info.value.checkpoint) == (2, None)
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    _signal_during_training_forward(monkeypatch, signal.SIGINT, call=5, times=2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(12, out_dir=tmp_path)
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == 3  # the last evaluation's
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_training_in_another_thread_leaves_the_signal_handlers_alone():
+    before = signal.getsignal(signal.SIGINT)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.extend([None]) if run(2) else None)
+    thread.start()
+    thread.join()
+    assert errors == [None]  # it trained (signal.signal would have raised ValueError off the main thread)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+class RunsCode:
+    """Pickles to a call of exec: loading it with plain pickle writes ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "shared" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save({"model": RunsCode(marker), "model_spec": {"class": "GPT", "config": TINY.to_dict()}}, path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        run(4, out_dir=path.parent, resume=True)
+    assert not marker.exists()
+    # The payload is live: a loader without weights_only would have run it.
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump(RunsCode(marker), f)
+    pickle.loads((tmp_path / "plain.pkl").read_bytes())
+    assert marker.read_text() == "pwned"
+
+
+def test_no_unsafe_load_is_left_in_the_package():
+    package = Path(__file__).resolve().parent.parent / "nanogpt"
+    offenders = [str(p) for p in package.rglob("*.py") if "weights_only=False" in p.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory) -> bytes:
+    folder = tmp_path_factory.mktemp("good")
+    run(3, out_dir=folder)
+    return (folder / "ckpt.pt").read_bytes()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda good: good[: len(good) // 2], "truncated"),
+    (lambda good: b"", "truncated"),
+    (lambda good: b"hello, I am a text file\n", "truncated or not a PyTorch checkpoint"),
+    ("a list", "holds a list"),
+    ("no keys", "lacks model, model_spec"),
+], ids=["half-a-file", "empty", "text", "not-a-dict", "missing-keys"])
+def test_unusable_files_raise_checkpoint_error(tmp_path, checkpoint_bytes, damage, message):
+    path = tmp_path / "ckpt.pt"
+    if damage == "a list":
+        torch.save([1, 2, 3], path)
+    elif damage == "no keys":
+        torch.save({"iter": 3}, path)
+    else:
+        path.write_bytes(damage(checkpoint_bytes))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        run(6, out_dir=tmp_path, resume=True)
+
+
+def test_weights_that_do_not_fit_their_spec_raise_checkpoint_error(tmp_path, checkpoint_bytes):
+    (tmp_path / "ckpt.pt").write_bytes(checkpoint_bytes)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["model_spec"]["config"]["n_embd"] = 64  # the weights are still 32 wide
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path)
+
+
+def test_resume_refuses_another_model_or_schedule_and_says_what_to_do(tmp_path):
+    run(3, out_dir=tmp_path)
+    wider = GPTConfig(**{**TINY.to_dict(), "n_embd": 64})
+    with pytest.raises(CheckpointError, match=r"model n_embd: saved 32, now 64.*new --out"):
+        run(6, out_dir=tmp_path, resume=True, model_config=wider)
+    with pytest.raises(CheckpointError) as info:
+        run(6, out_dir=tmp_path, resume=True, learning_rate=1e-3, lr_decay_iters=None)
+    assert "learning_rate: saved 0.003, now 0.001" in str(info.value)
+    assert "lr_decay_iters: saved 12, now 6" in str(info.value)  # the cosine would end elsewhere
+    # Where to stop and how to evaluate may change.
+    _, history = run(6, out_dir=tmp_path, resume=True, eval_interval=2, eval_iters=1)
+    assert [e["iter"] for e in history.evals] == [0, 3, 4, 6]
+
+
+def test_resume_refuses_a_checkpoint_of_another_number_of_processes(tmp_path):
+    run(3, out_dir=tmp_path)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["ranks"] = state["ranks"] * 2  # as if two DDP processes had saved it
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="processes: saved by 2, now 1"):
+        run(6, out_dir=tmp_path, resume=True)
+
+
+def test_a_failed_save_leaves_no_temporary_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"iter": 1})
+    with pytest.raises(Exception):  # a lambda cannot be pickled
+        save_checkpoint(path, {"iter": 2, "oops": lambda: None})
+    assert list(tmp_path.iterdir()) == [path]
+
+    def half_a_file_then_disk_full(obj, f):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_a_file_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"iter": 3})
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == [path]
+    assert torch.load(path, weights_only=True) == {"iter": 1}
+
+
+def test_save_flushes_to_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    save_checkpoint(tmp_path / "ckpt.pt", {"iter": 1})
+    assert events[:2] == ["fsync", "replace"]   # the file's data is on disk before it gets the name
+    if os.name == "posix":
+        assert events == ["fsync", "replace", "fsync"]  # and then the folder's entry
+
+
+# --- precision ----------------------------------------------------------------------------
+
+def _overflow_fp16_gradients_at(monkeypatch, call: int) -> None:
+    """Make the ``call``-th training forward's loss so large that its fp16 gradients overflow."""
+    forward, calls = GPT.forward, []
+
+    def overflowing_forward(self, *args, **kwargs):
+        logits, loss = forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) == call:
+                loss = loss * 1e30  # still finite in fp32; its gradients are not in fp16
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", overflowing_forward)
+
+
+def test_fp16_resume_restores_the_grad_scaler(tmp_path, monkeypatch):
+    _overflow_fp16_gradients_at(monkeypatch, call=3)  # step 2 is skipped and the loss scale halves
+    _, straight = run(12, dtype="float16")
+    _overflow_fp16_gradients_at(monkeypatch, call=3)
+    run(6, out_dir=tmp_path, dtype="float16")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["scaler"]["scale"] == 2.0**15
+    _, resumed = run(12, out_dir=tmp_path, resume=True, dtype="float16")
+    assert resumed.column("loss") == straight.column("loss")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["scaler"]["scale"] == 2.0**15  # not reset to 2**16
+
+
+def _pretend_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    # Every GPU says yes when emulation counts, as CUDA does for a T4.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability >= (8, 0))
+
+
+@pytest.mark.parametrize("name,capability,expected,peak", [
+    ("Tesla T4", (7, 5), Precision(torch.float16, use_scaler=True, tf32=False), 65e12),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), Precision(torch.bfloat16, use_scaler=False, tf32=True), 312e12),
+    ("NVIDIA H100 80GB HBM3", (9, 0), Precision(torch.bfloat16, use_scaler=False, tf32=True), 989.5e12),
+])
+def test_precision_plan_on_gpus(monkeypatch, name, capability, expected, peak):
+    _pretend_gpu(monkeypatch, name, capability)
+    plan = precision_plan("cuda")
+    assert plan == expected
+    assert resolve_dtype("cuda") == expected.dtype
+    assert default_peak_flops("cuda", plan.dtype) == peak
+    # An explicit dtype wins; fp16 always comes with the scaler; TF32 follows the GPU.
+    assert precision_plan("cuda", "float16") == Precision(torch.float16, True, expected.tf32)
+    assert precision_plan("cuda", "float32") == Precision(torch.float32, False, expected.tf32)
+    # set_up applies the plan: the scaler, the TF32 switches and the MFU peak.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        setup = set_up(TrainConfig(device="cuda"))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (expected.tf32,) * 2
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert setup.precision == expected
+    assert setup.scaler.is_enabled() == expected.use_scaler
+    assert setup.peak_flops == peak
+
+
+def test_precision_plan_on_cpu():
+    assert precision_plan("cpu") == Precision(torch.float32, use_scaler=False, tf32=False)
+    assert precision_plan("cpu", "bfloat16") == Precision(torch.bfloat16, use_scaler=False, tf32=False)
+    assert precision_plan("cpu", "float16").use_scaler
+
+
+# --- evaluation in proportion -------------------------------------------------------------
+
+class CountingBatches(RandomBatches):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def next_batch(self):
+        self.calls += 1
+        return super().next_batch()
+
+
+def test_eval_batches_shrink_for_short_runs():
+    assert eval_batches(TrainConfig(max_iters=5000, eval_iters=200)) == 200
+    assert eval_batches(TrainConfig(max_iters=40, eval_iters=200)) == 20  # half the steps
+    assert eval_batches(TrainConfig(max_iters=4, eval_iters=200)) == 10   # but at least 10
+    assert eval_batches(TrainConfig(max_iters=4, eval_iters=3)) == 3      # never more than asked
+    assert eval_batches(TrainConfig(max_iters=None, time_budget_s=60, eval_iters=200)) == 200
+
+
+def test_a_short_run_evaluates_in_proportion_shows_it_and_times_it(capsys):
+    evals = {"train": CountingBatches(TOKENS, 4, 16, seed=1), "val": CountingBatches(TOKENS, 4, 16, seed=2)}
+    _, history = run(4, evals=evals, eval_iters=200, eval_interval=100, progress=True)
+    assert [e["iter"] for e in history.evals] == [0, 4]
+    assert [source.calls for source in evals.values()] == [2 * 10, 2 * 10]  # not 2 * 200
+    assert 0 < history.eval_seconds
+    assert history.to_dict()["eval_seconds"] == history.eval_seconds
+    assert "evaluating" in capsys.readouterr().err
+
+
+# --- on a real GPU (skipped elsewhere) ----------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_precision_plan_on_this_gpu():
+    native_bf16 = torch.cuda.get_device_capability() >= (8, 0)
+    plan = precision_plan("cuda")
+    assert plan.dtype == (torch.bfloat16 if native_bf16 else torch.float16)
+    assert plan.use_scaler == (not native_bf16)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["auto", "float16"])
+def test_cuda_resume_continues_the_run(tmp_path, dtype):
+    # The CUDA RNG state and the scaler come back from the checkpoint. Attention backward kernels
+    # may add in a different order from run to run, hence a tolerance instead of bit equality.
+    _, straight = run(12, device="cuda", dtype=dtype)
+    run(6, out_dir=tmp_path, device="cuda", dtype=dtype)
+    _, resumed = run(12, out_dir=tmp_path, resume=True, device="cuda", dtype=dtype)
+    assert resumed.column("loss") == pytest.approx(straight.column("loss"), rel=1e-3)
+    model, _, state = load_checkpoint(tmp_path, device="cuda")
+    assert state["iter"] == 12 and next(model.parameters()).is_cuda
+
+
+@pytest.mark.parametrize("capability, flags, native", [
+    ("AVX512", {"avx512f", "avx512_bf16"}, True),
+    ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, True),
+    ("AVX512", {"avx512f"}, False),          # AVX-512 without bf16 instructions
+    ("AVX2", {"avx2", "avx512_bf16"}, False),  # torch told to use its AVX2 kernels
+    ("DEFAULT", set(), False),
+])
+def test_cpu_has_native_bf16_reads_capability_and_flags(monkeypatch, capability, flags, native):
+    import nanogpt.train as T
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(T, "cpu_flags", lambda: flags)
+    assert T.cpu_has_native_bf16() is native
