@@ -16,14 +16,14 @@ import time
 import torch
 
 from nanogpt.model import GPTConfig
-from nanogpt.presets import RUN_PRESETS, RunPreset, prepare_char_data, train_preset
+from nanogpt.presets import PRESETS, RunPreset, prepare_char_data, train_preset
 from nanogpt.train import TrainConfig, evaluate_full
 
 
 def candidate(args) -> RunPreset:
     model = GPTConfig(block_size=args.block, vocab_size=65, n_layer=args.n_layer, n_head=args.n_head,
                       n_embd=args.n_embd, dropout=args.dropout)
-    train = TrainConfig(max_iters=10**9, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=args.lr / 10,
+    train = TrainConfig(max_iters=None, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=args.lr / 10,
                         warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
                         eval_interval=10**9, eval_iters=1, device="cpu",
                         dtype=args.dtype)
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", help="float32, or bfloat16 autocast (fast on CPUs with AMX)")
     p.add_argument("--preset", default=None, help="score a named preset as it is instead")
     p.add_argument("--label", default=None, help="name of the candidate in the sweep table")
-    p.add_argument("--save", action="store_true", help="write the result to book/results/cpu-race-<label>.json")
+    p.add_argument("--save", action="store_true", help="write the result as the record cpu-race-<label>.json (nanogpt.course.results_dir())")
     args = p.parse_args()
     if args.from_json:  # record a run whose JSON line was kept
         summary = json.loads(open(args.from_json).read())
@@ -58,7 +58,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     data = prepare_char_data()
-    preset = RUN_PRESETS[args.preset] if args.preset else candidate(args)
+    preset = PRESETS[args.preset] if args.preset else candidate(args)
     t0 = time.perf_counter()
     model, history, _ = train_preset(preset, progress=False, data=data)
     train_s = sum(row["ms"] for row in history.steps) / 1000
@@ -80,12 +80,12 @@ def main() -> None:
 
 def save(summary: dict) -> None:
     """Write one race result as a record for the results page (and chapter 06)."""
-    from nanogpt.results import write_result
+    from nanogpt.course import write_result
     from nanogpt.runtime import describe_hardware
 
     c = summary["config"]
     torch.set_num_threads(c["threads"])  # so the hardware line states the run's thread count
-    write_result(f"cpu-race-{summary['label']}", {
+    path = write_result(f"cpu-race-{summary['label']}", {
         "title": f"10-minute CPU race: {summary['label']}",
         "kind": "training",
         "model": f"GPT {c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, context {c['block']}, "
@@ -100,6 +100,7 @@ def save(summary: dict) -> None:
                     "autocast": c.get("dtype", "float32"),
                     "tokens_per_s": round(summary["iters"] * c["batch"] * c["block"] / summary["train_s"], 1)},
     })
+    print(f"record written to {path}" if path else "no record written: quick mode (NANOGPT_QUICK)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ Two ways to get the same model:
 - ``BigramLanguageModel`` learns a vocab x vocab table of logits by gradient descent;
 - ``CountingBigram`` counts pairs and normalises: the closed-form maximum-likelihood answer.
 
-Their losses agree (to about 0.01 on Tiny Shakespeare), which is the best any model that
-sees one token of context can do.
+Trained long enough, the first approaches the second's loss: the best any model that sees one
+token of context can do.
 """
 from __future__ import annotations
 

@@ -1,13 +1,20 @@
 """Command line: ``python -m nanogpt {data,train,sample,bench}``.
 
-Bad arguments give a one-line error and exit status 2, never a traceback.
+Bad arguments, missing data and unreadable checkpoints give a one-line error and exit
+status 2, never a traceback. Ctrl-C during ``train`` saves a checkpoint and prints the
+command that resumes it (exit status 130).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a command; the message says what was kept and what to run next."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +28,13 @@ def _count(value: str) -> int:
     n = int(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return n
+
+
+def _at_least_one(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return n
 
 
@@ -50,21 +64,40 @@ def cmd_data(args: argparse.Namespace) -> None:
     print(f"train / val     {len(train):,} / {len(val):,} characters (90/10)")
 
 
+def resume_command(args: argparse.Namespace, out_dir: Path) -> str:
+    """The ``train`` command that continues this run from its checkpoint."""
+    words = ["python", "-m", "nanogpt", "train", "--preset", args.preset, "--device", args.device,
+             "--out", str(out_dir)]
+    if args.max_iters is not None:
+        words += ["--max-iters", str(args.max_iters)]
+    if args.eval_iters is not None:
+        words += ["--eval-iters", str(args.eval_iters)]
+    return shlex.join(words + ["--resume"])
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import json
 
-    from .presets import resolve_preset, train_preset
+    from .presets import describe_plan, resolve_preset, train_preset
     from .runtime import pick_device
+    from .train import TrainingInterrupted
 
     device = pick_device(args.device)
     preset, note = resolve_preset(args.preset, device, explicit_device=args.device != "auto")
     if note:
         print(note)
+    print(describe_plan(preset, device, max_iters=args.max_iters, eval_iters=args.eval_iters))
     out_dir = Path(args.out or f"out/{preset.name}")
-    print(f"training {preset.name} ({preset.description}) on {device}; checkpoints in {out_dir}")
+    print(f"training {preset.name} ({preset.description}) on {device}; checkpoints in {out_dir}", flush=True)
     t0 = time.perf_counter()
-    model, history, data = train_preset(preset, device=device, max_iters=args.max_iters, out_dir=out_dir,
-                                        resume=args.resume, eval_iters=args.eval_iters)
+    try:
+        model, history, data = train_preset(preset, device=device, max_iters=args.max_iters, out_dir=out_dir,
+                                            resume=args.resume, eval_iters=args.eval_iters)
+    except TrainingInterrupted as stop:
+        kept = (f"checkpoint at step {stop.iter} saved to {stop.checkpoint}" if stop.checkpoint is not None
+                else "no checkpoint was saved")
+        raise Interrupted(f"interrupted by {stop.signal_name} at step {stop.iter}: {kept}; resume with: "
+                          f"{resume_command(args, out_dir)}") from None
     wall = time.perf_counter() - t0
     final = history.evals[-1]
     summary = {"preset": preset.name, "device": device, "parameters": model.num_params(),
@@ -123,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="")
     p.add_argument("--max-new-tokens", type=_count, default=500)
     p.add_argument("--temperature", type=_positive_float, default=0.8)
-    p.add_argument("--top-k", type=_count, default=None)
+    p.add_argument("--top-k", type=_at_least_one, default=None, help="sample from the k likeliest tokens")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
@@ -134,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--steps", type=_count, default=5, help="timed training steps per variant")
     p.add_argument("--threads", type=_count, default=None, help="pin torch's thread count")
-    p.add_argument("--save", action="store_true", help="write the figures to book/results/ for the book")
+    p.add_argument("--save", action="store_true", help="write the figures as a record for the results page")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -142,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
+    from .train import NonFiniteLossError
 
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, DataError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, DataError, ImportError, NonFiniteLossError) as exc:
+        # CheckpointError is a ValueError: unreadable, truncated or mismatched checkpoints land here.
         print(f"nanogpt: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nanogpt: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        message = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(f"nanogpt: error: {message}".splitlines()[0], file=sys.stderr)
         return 130
     return 0

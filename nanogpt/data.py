@@ -137,12 +137,17 @@ def dataset_path(name: str = "tinyshakespeare", *, allow_download: bool = True) 
             f"cached file {cached} is corrupt (sha256 {actual}, expected {spec.sha256}); "
             "delete it to download it again.\n" + _manual_instructions(spec)
         )
+    # Say first where the reader pointed us, then what the download said.
+    missing = ""
+    if local is not None:
+        absent = "" if local.is_dir() else ", a folder that does not exist"
+        missing = f"NANOGPT_DATA_DIR is {local}{absent}: it has no {spec.name}/{spec.filename}; "
     if not allow_download:
-        raise DataError(f"{spec.name} is not available locally.\n" + _manual_instructions(spec))
+        raise DataError(f"{missing}{spec.name} is not available locally.\n" + _manual_instructions(spec))
     try:
         return download(spec.url, cached, spec.sha256)
     except (urllib.error.URLError, OSError, DataError) as exc:
-        raise DataError(f"could not download {spec.name}: {exc}\n" + _manual_instructions(spec)) from exc
+        raise DataError(f"{missing}could not download {spec.name}: {exc}\n" + _manual_instructions(spec)) from exc
 
 
 def load_text(name: str = "tinyshakespeare") -> str:
@@ -295,22 +300,33 @@ class DataLoaderLite:
 
 # --- token shards -------------------------------------------------------------------------
 
+TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in two bytes
+MAX_TOKEN_ID = int(np.iinfo(TOKEN_DTYPE).max)  # 65,535
+
+
+def _check_token_range(ids: np.ndarray, where: str = "") -> None:
+    """Refuse ids that uint16 cannot hold, before they are stored (70000 would wrap to 4464)."""
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_TOKEN_ID):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(f"token id {bad}{where} is outside [0, {MAX_TOKEN_ID}]: ids must fit in uint16 to be "
+                         "stored in shards; use a tokenizer with at most 65,536 tokens")
+
+
 def write_tokens(path: str | Path, tokens) -> Path:
-    """Store tokens as raw uint16 (GPT-2's 50,257 ids fit), written atomically."""
+    """Store tokens as raw uint16, written atomically."""
     array = np.asarray(tokens)
-    if array.size and (array.min() < 0 or array.max() >= 2**16):
-        raise ValueError("token ids must be in [0, 65535] to be stored as uint16")
+    _check_token_range(array)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
-    array.astype(np.uint16).tofile(tmp)
+    array.astype(TOKEN_DTYPE).tofile(tmp)
     os.replace(tmp, path)
     return path
 
 
 def read_tokens(path: str | Path) -> np.memmap:
     """Memory-map a uint16 token shard: nothing is read until it is indexed."""
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
 
 
 def tokenize_to_shards(
@@ -325,18 +341,20 @@ def tokenize_to_shards(
     """Encode documents into consecutive shards of ``shard_tokens`` tokens each.
 
     ``eot`` (GPT-2's ``<|endoftext|>``, 50256) is put before every document so the model
-    sees where one ends and the next begins. Returns the shard paths in order.
+    sees where one ends and the next begins. Returns the shard paths in order. An id that
+    does not fit in uint16 raises ``ValueError`` before it is stored.
     """
     out_dir = Path(out_dir)
-    buffer = np.empty(shard_tokens, dtype=np.uint16)
+    buffer = np.empty(shard_tokens, dtype=TOKEN_DTYPE)
     filled, paths = 0, []
 
     def flush(n: int) -> None:
         paths.append(write_tokens(out_dir / f"{prefix}_{len(paths):06d}.bin", buffer[:n]))
 
-    for doc in documents:
+    for n_doc, doc in enumerate(documents):
         ids = ([eot] if eot is not None else []) + list(encode(doc))
         ids = np.asarray(ids, dtype=np.int64)
+        _check_token_range(ids, f" in document {n_doc}")
         while len(ids):
             take = min(shard_tokens - filled, len(ids))
             buffer[filled : filled + take] = ids[:take]
@@ -356,23 +374,16 @@ def tokenize_text_dataset(
     *,
     shard_tokens: int = 100_000_000,
     eot: int | None = None,
-    lines_per_document: int | None = None,
 ) -> list[Path]:
     """Tokenize local text files through Hugging Face ``datasets`` into uint16 shards.
 
-    ``datasets.load_dataset("text", ...)`` yields one record per line; by default all lines
-    of a file form one document (``lines_per_document=None``), otherwise every
-    ``lines_per_document`` lines do. Needs the ``datasets`` package (the course environment
-    has it). For the hub, readers online use ``load_dataset(name, streaming=True)`` the same way.
+    Each file is one document (``eot`` goes before each), in the order given. Needs the
+    ``datasets`` package (the course environment has it). For the hub, readers online use
+    ``load_dataset(name, streaming=True)`` and ``tokenize_to_shards`` the same way.
     """
     from datasets import load_dataset  # optional dependency, imported on use
 
     files = [str(data_files)] if isinstance(data_files, (str, Path)) else [str(f) for f in data_files]
-    records = load_dataset("text", data_files=files, split="train", keep_linebreaks=True)
-    group = lines_per_document or len(records)
-
-    def documents() -> Iterable[str]:
-        for start in range(0, len(records), group):
-            yield "".join(records[start : start + group]["text"])
-
-    return tokenize_to_shards(documents(), encode, out_dir, shard_tokens=shard_tokens, eot=eot)
+    records = load_dataset("text", data_files=files, split="train", sample_by="document")  # a record per file
+    documents = (record["text"] for record in records)
+    return tokenize_to_shards(documents, encode, out_dir, shard_tokens=shard_tokens, eot=eot)

@@ -1,7 +1,9 @@
 """Named training runs: a model configuration, a training configuration and the data they use.
 
-``train_preset`` is the course's main job (``python -m nanogpt train``) and what chapter 06
-runs: it prepares the data, builds the model, trains it and returns everything.
+``PRESETS`` is the one registry of the course's runs. ``train_preset`` is the course's main
+job (``python -m nanogpt train``) and what chapter 06 runs: it prepares the data, builds the
+model, trains it and returns everything. ``plan_run`` works out what a run will cost before
+it starts (``describe_plan`` says it in words).
 """
 from __future__ import annotations
 
@@ -10,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .data import RandomBatches, load_text, train_val_split
+from .data import DATASETS, RandomBatches, load_text, train_val_split
 from .model import GPT, GPTConfig
-from .model import PRESETS as MODEL_PRESETS
 from .runtime import pick_device
 from .tokenizer import CharTokenizer
-from .train import History, TrainConfig, train
+from .train import History, TrainConfig, default_peak_flops, eval_batches, resolve_dtype, train
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,37 @@ class RunPreset:
     dataset: str = "tinyshakespeare"
 
 
-RUN_PRESETS: dict[str, RunPreset] = {
-    # The video's run: ~10.8M parameters, 5,000 iterations of 64 x 256 characters.
-    # Published reference: val ~1.48 (video), 1.4697 (nanoGPT on an A100).
+PRESETS: dict[str, RunPreset] = {
+    # The video's run (nanoGPT's config/train_shakespeare_char.py): 5,000 steps of 64 x 256 characters.
     "shakespeare-char": RunPreset(
         name="shakespeare-char",
-        model=MODEL_PRESETS["shakespeare-char"],
+        model=GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
         train=TrainConfig(max_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
                           lr_decay_iters=5000, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=200),
         description="6 layers, 6 heads, 384 wide, context 256, dropout 0.2 (GPU-sized)",
     ),
     # Sized for a CPU: nanoGPT's suggested CPU model, trained for ten minutes by the clock (the
-    # schedule follows the time spent). In the 10-minute race of chapter 06 on a 2-core CPU it
-    # beat wider batches, longer context and dropout: many small, fast steps win there.
+    # schedule follows the time spent). Chosen by chapter 06's 10-minute race: on a small CPU,
+    # many small, fast steps win.
     "shakespeare-char-cpu": RunPreset(
         name="shakespeare-char-cpu",
         model=GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        train=TrainConfig(max_iters=10**9, time_budget_s=600, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+        train=TrainConfig(max_iters=None, time_budget_s=600, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
                           warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=1000, eval_iters=100),
         description="4 layers, 4 heads, 128 wide, context 64, batch 12, 10 minutes (CPU-sized)",
+    ),
+    # GPT-2 small (124M) as build-nanogpt trains it: 2**19 = 524,288 tokens per step (64 x 1,024
+    # tokens, 8 micro-steps on one GPU), 19,073 steps = one pass over FineWeb-Edu's 10B-token
+    # sample. The vocabulary is padded from 50,257 to 50,304 (a multiple of 128) for speed.
+    # Chapter 07 builds its token shards; train_preset does not prepare this dataset.
+    "gpt2": RunPreset(
+        name="gpt2",
+        model=GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
+        train=TrainConfig(max_iters=19073, batch_size=64, grad_accum_steps=8, learning_rate=6e-4, min_lr=6e-5,
+                          warmup_iters=715, lr_decay_iters=19073, weight_decay=0.1, beta2=0.95,
+                          eval_interval=250, eval_iters=20),
+        description="GPT-2 small: 12 layers, 12 heads, 768 wide, context 1024 (build-nanogpt's 10B-token run)",
+        dataset="fineweb-edu",
     ),
 }
 
@@ -58,16 +71,153 @@ def resolve_preset(name: str, device: str, *, explicit_device: bool = False) -> 
     ``shakespeare-char`` on a CPU picked by ``--device auto`` becomes ``shakespeare-char-cpu``;
     asking for the CPU explicitly keeps the full size.
     """
-    if name not in RUN_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(RUN_PRESETS)}")
-    preset = RUN_PRESETS[name]
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     cpu_name = f"{name}-cpu"
-    if device == "cpu" and not explicit_device and cpu_name in RUN_PRESETS:
-        note = (f"no GPU found: running the CPU-sized preset {cpu_name!r} ({RUN_PRESETS[cpu_name].description}); "
+    if device == "cpu" and not explicit_device and cpu_name in PRESETS:
+        note = (f"no GPU found: running the CPU-sized preset {cpu_name!r} ({PRESETS[cpu_name].description}); "
                 f"pass --device cpu to train the full {name!r} model on the CPU anyway")
-        return RUN_PRESETS[cpu_name], note
-    return preset, None
+        return PRESETS[cpu_name], note
+    return PRESETS[name], None
 
+
+def run_config(preset: RunPreset, *, device: str, max_iters: int | None = None,
+               eval_iters: int | None = None) -> TrainConfig:
+    """The training configuration ``train_preset`` uses: the preset's, with the overrides applied.
+
+    ``max_iters`` fixes the number of steps: the schedule follows it, and a preset's time
+    budget no longer applies.
+    """
+    cfg = replace(preset.train, device=device)
+    if max_iters is not None:
+        cfg = replace(cfg, max_iters=max_iters, lr_decay_iters=max_iters, time_budget_s=None,
+                      warmup_iters=min(cfg.warmup_iters, max(1, max_iters // 10)),
+                      eval_interval=min(cfg.eval_interval, max(1, max_iters)))
+    if eval_iters is not None:
+        cfg = replace(cfg, eval_iters=eval_iters)
+    return cfg
+
+
+# --- the plan printed before a run --------------------------------------------------------
+
+# MFU assumed for a time estimate: what a small GPT's training step reaches, roughly, on
+# GPUs before Ampere (T4, V100: compute capability below 8.0) and on newer ones.
+ASSUMED_MFU_BEFORE_AMPERE = 0.30
+ASSUMED_MFU = 0.40
+EVAL_SPLITS = 2  # train_preset estimates the loss on the train and val splits
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do and cost, worked out before it starts (for one process).
+
+    FLOP are ``GPT.flops_per_token`` times tokens; an evaluation batch is a forward pass only,
+    about a third of a training step's FLOP per token. With a time budget (``max_iters`` None)
+    the number of steps, and so the FLOP, are unknown until the run ends.
+    """
+
+    preset: RunPreset
+    device: str
+    config: TrainConfig             # the preset's, with the run's overrides
+    parameters: int
+    flops_per_token: int
+    tokens_per_step: int
+    eval_batches: int               # batches per split in each loss estimate
+    evaluations: int | None         # loss estimates in the run; None with a time budget
+    train_flop: float | None
+    eval_flop: float | None
+    gpu: str | None = None          # the CUDA device's name
+    peak_flops: float | None = None  # its data-sheet peak for the dtype training will use
+    assumed_mfu: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Estimated wall time, training and evaluation: FLOP / (peak x assumed MFU); None without a peak."""
+        if self.train_flop is None or not self.peak_flops:
+            return None
+        return (self.train_flop + self.eval_flop) / (self.peak_flops * self.assumed_mfu)
+
+
+def _evaluations(cfg: TrainConfig) -> int:
+    """Loss estimates a fixed-length run makes: every ``eval_interval`` steps and at the end."""
+    n = cfg.max_iters // cfg.eval_interval + 1
+    return n + (1 if cfg.max_iters % cfg.eval_interval else 0)
+
+
+def gpu_peak_and_mfu(device: str, dtype_request: str = "auto") -> tuple[str, float | None, float]:
+    """(GPU name, data-sheet peak FLOP/s for the dtype training will use or None, assumed MFU)."""
+    dtype = resolve_dtype("cuda", dtype_request)
+    name = torch.cuda.get_device_name(device)
+    major, _ = torch.cuda.get_device_capability(device)
+    mfu = ASSUMED_MFU_BEFORE_AMPERE if major < 8 else ASSUMED_MFU
+    return name, default_peak_flops("cuda", dtype), mfu
+
+
+def plan_run(preset: RunPreset, device: str, max_iters: int | None = None,
+             eval_iters: int | None = None) -> RunPlan:
+    """The ``RunPlan`` of ``train_preset(preset, device=device, max_iters=..., eval_iters=...)``."""
+    cfg = run_config(preset, device=device, max_iters=max_iters, eval_iters=eval_iters)
+    with torch.device("meta"):  # sizes only: no memory, no initialisation cost
+        model = GPT(preset.model)
+    flops_per_token = model.flops_per_token()
+    tokens_per_step = cfg.batch_size * preset.model.block_size * cfg.grad_accum_steps
+    n_batches = eval_batches(cfg)  # short runs evaluate on fewer batches
+    evaluations = train_flop = eval_flop = None
+    if cfg.max_iters is not None:
+        evaluations = _evaluations(cfg)
+        train_flop = flops_per_token * cfg.max_iters * tokens_per_step
+        eval_tokens = evaluations * n_batches * EVAL_SPLITS * cfg.batch_size * preset.model.block_size
+        eval_flop = flops_per_token / 3 * eval_tokens
+    gpu = peak = mfu = None
+    if torch.device(device).type == "cuda":
+        gpu, peak, mfu = gpu_peak_and_mfu(device, cfg.dtype)
+    return RunPlan(preset, device, cfg, model.num_params(), flops_per_token, tokens_per_step, n_batches,
+                   evaluations, train_flop, eval_flop, gpu, peak, mfu)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} seconds"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
+                  eval_iters: int | None = None) -> str:
+    """What a run will do, in a few lines: parameters, steps, tokens, FLOP and, on a GPU, an
+    estimate of the time it takes (from the GPU's data-sheet peak at an assumed MFU)."""
+    plan = plan_run(preset, device, max_iters, eval_iters)
+    cfg, m = plan.config, preset.model
+    micro = f"{cfg.grad_accum_steps} x " if cfg.grad_accum_steps > 1 else ""
+    lines = [f"plan: {preset.name} on {device}, trained on {preset.dataset}",
+             f"  model     {plan.parameters:,} parameters ({m.n_layer} layers, {m.n_head} heads, "
+             f"{m.n_embd} wide, context {m.block_size})",
+             f"  batch     {micro}{cfg.batch_size} x {m.block_size} = {plan.tokens_per_step:,} tokens per step, "
+             f"{plan.flops_per_token:,} FLOP per token (GPT.flops_per_token)"]
+    if cfg.max_iters is None:  # a run with a time budget: its length is the clock's
+        lines += [f"  length    {cfg.time_budget_s:,.0f} s of training by the clock, as many steps as fit",
+                  f"  evaluate  every {cfg.eval_interval:,} steps and at the end, "
+                  f"{plan.eval_batches} batches x {EVAL_SPLITS} splits",
+                  f"  estimate  {cfg.time_budget_s:,.0f} s plus evaluations: the step count depends on this "
+                  "machine's speed"]
+        return "\n".join(lines)
+
+    lines += [f"  steps     {cfg.max_iters:,}: {cfg.max_iters * plan.tokens_per_step:,} tokens, "
+              f"{plan.train_flop:.3g} FLOP",
+              f"  evaluate  {plan.evaluations} times x {plan.eval_batches} batches x {EVAL_SPLITS} splits: "
+              f"{plan.eval_flop:.3g} FLOP ({plan.eval_flop / max(plan.train_flop, 1):.0%} of training)"]
+    if plan.seconds is not None:
+        lines.append(f"  estimate  about {_duration(plan.seconds)} on {plan.gpu}, at an assumed "
+                     f"{plan.assumed_mfu:.0%} MFU of its {plan.peak_flops / 1e12:,.0f} TFLOP/s data-sheet peak")
+    elif plan.gpu:
+        lines.append(f"  estimate  none: no data-sheet peak for {plan.gpu} in nanogpt.compute.GPU_PEAKS")
+    else:
+        lines.append(f"  estimate  none on {device}: no data-sheet peak to divide by")
+    return "\n".join(lines)
+
+
+# --- training -----------------------------------------------------------------------------
 
 @dataclass
 class CharData:
@@ -97,20 +247,20 @@ def train_preset(
     data: CharData | None = None,
     eval_iters: int | None = None,
 ) -> tuple[GPT, History, CharData]:
-    """Train ``preset`` and return (model, history, data).
+    """Train a character-level ``preset`` and return (model, history, data).
 
     ``max_iters`` fixes the number of steps (the schedule follows, and a preset's time budget
     no longer applies).
     """
+    if data is None and preset.dataset not in DATASETS:
+        raise ValueError(
+            f"preset {preset.name!r} trains on {preset.dataset!r}, which train_preset cannot prepare "
+            f"(it trains character-level models on {', '.join(DATASETS)}); build its token shards and call "
+            "nanogpt.train.train as chapter 07 does"
+        )
     device = pick_device(device)
     data = data or prepare_char_data(preset.dataset)
-    cfg = replace(preset.train, device=device)
-    if max_iters is not None:  # a fixed number of steps replaces any time budget
-        cfg = replace(cfg, max_iters=max_iters, lr_decay_iters=max_iters, time_budget_s=None,
-                      warmup_iters=min(cfg.warmup_iters, max(1, max_iters // 10)),
-                      eval_interval=min(cfg.eval_interval, max(1, max_iters)))
-    if eval_iters is not None:
-        cfg = replace(cfg, eval_iters=eval_iters)
+    cfg = run_config(preset, device=device, max_iters=max_iters, eval_iters=eval_iters)
     model_cfg = replace(preset.model, vocab_size=data.tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)

@@ -21,6 +21,10 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
+        """The tokenizer whose vocabulary is every character that occurs in ``text``."""
+        if not text:
+            raise ValueError("CharTokenizer.from_text got an empty text: there are no characters to "
+                             "build a vocabulary from (is the corpus file empty?)")
         return cls(text)
 
     @property

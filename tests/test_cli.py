@@ -1,48 +1,157 @@
-"""The command line: the main job end to end, and one-line errors for bad arguments."""
+"""The command line: the main job end to end, and one-line errors for bad input and Ctrl-C."""
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
+
+from nanogpt.cli import build_parser, main
+from nanogpt.presets import PRESETS, train_preset
 
 
-def nanogpt(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanogpt", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m nanogpt *argv`` in this process: (exit status, stdout, stderr)."""
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:  # argparse exits on bad arguments
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
-def test_data_command_reports_the_corpus():
-    done = nanogpt("data")
-    assert done.returncode == 0, done.stderr
+def one_line_error(err: str) -> str:
+    """The error line, after checking it is the only line on stderr and no traceback came with it."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nanogpt: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    """A checkpoint of the CPU-sized preset after two steps."""
+    out = tmp_path_factory.mktemp("ckpt")
+    train_preset(PRESETS["shakespeare-char-cpu"], device="cpu", max_iters=2, eval_iters=1, out_dir=out,
+                 progress=False)
+    return out
+
+
+def test_data_command_reports_the_corpus(capsys):
+    status, out, _ = run_main(capsys, "data")
+    assert status == 0
     for figure in ("1,115,394", "65 characters", "338,025", "3.30", "1,003,854 / 111,540"):
-        assert figure in done.stdout
+        assert figure in out
 
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--max-iters", "-5"], "--max-iters: must be a non-negative integer"),
+    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--preset", "gpt2", "--device", "cpu"], "preset 'gpt2' trains on 'fineweb-edu'"),
     (["sample", "--checkpoint", "/no/such/dir"], "no checkpoint at /no/such/dir"),
     (["sample"], "the following arguments are required: --checkpoint"),
-    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sample", "--checkpoint", "x", "--top-k", "0"], "--top-k: must be at least 1, got 0"),
+    (["sample", "--checkpoint", "x", "--temperature", "0"], "--temperature: must be positive, got 0"),
 ])
-def test_bad_arguments_give_one_line_errors(args, message):
-    done = nanogpt(*args)
+def test_bad_arguments_give_one_line_errors(capsys, args, message):
+    status, _, err = run_main(capsys, *args)
+    assert status == 2
+    assert message in one_line_error(err)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "empty"])
+def test_sample_on_a_damaged_checkpoint_is_a_one_line_error(capsys, tmp_path, checkpoint_dir, damage):
+    path = tmp_path / "ckpt.pt"
+    good = (checkpoint_dir / "ckpt.pt").read_bytes()
+    path.write_bytes({"truncated": good[: len(good) // 2], "not a checkpoint": b"To be, or not to be\n",
+                      "empty": b""}[damage])
+    status, _, err = run_main(capsys, "sample", "--checkpoint", str(path), "--device", "cpu")
+    assert status == 2
+    one_line_error(err)
+
+
+def test_damaged_checkpoint_from_the_shell_gives_no_traceback(tmp_path, checkpoint_dir):
+    (tmp_path / "ckpt.pt").write_bytes((checkpoint_dir / "ckpt.pt").read_bytes()[:1000])
+    done = subprocess.run([sys.executable, "-m", "nanogpt", "sample", "--checkpoint", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"nanogpt: error: {message}"] or (
-        len(done.stderr.strip().splitlines()) == 1 and message in done.stderr)
+    one_line_error(done.stderr)
 
 
-def test_train_resume_and_sample(tmp_path):
+def test_resume_into_a_folder_holding_another_model_size(capsys, tmp_path, checkpoint_dir):
     out = tmp_path / "run"
-    done = nanogpt("train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "CPU-sized preset 'shakespeare-char-cpu'" in done.stdout
+    shutil.copytree(checkpoint_dir, out)  # 4 layers x 128 wide; shakespeare-char is 6 x 384
+    status, _, err = run_main(capsys, "train", "--preset", "shakespeare-char", "--device", "cpu", "--resume",
+                              "--out", str(out), "--max-iters", "2", "--eval-iters", "1")
+    assert status == 2
+    one_line_error(err)
+
+
+def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp_path):
+    out = tmp_path / "run"
+    status, stdout, err = run_main(capsys, "train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out))
+    assert status == 0, err
+    lines = stdout.splitlines()
+    assert "CPU-sized preset 'shakespeare-char-cpu'" in lines[0]
+    assert lines[1] == "plan: shakespeare-char-cpu on cpu, trained on tinyshakespeare"
+    assert "2: 1,536 tokens" in stdout and stdout.index("plan:") < stdout.index("training shakespeare-char-cpu")
     assert (out / "ckpt.pt").exists() and (out / "summary.json").exists()
-    done = nanogpt("train", "--max-iters", "3", "--eval-iters", "1", "--out", str(out), "--resume")
-    assert done.returncode == 0, done.stderr
-    done = nanogpt("sample", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "50",
-                   "--temperature", "0.8", "--top-k", "10")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ROMEO:") and len(done.stdout.rstrip("\n")) == len("ROMEO:") + 50
+    status, _, err = run_main(capsys, "train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out), "--resume")
+    assert status == 0, err  # nothing left to do, but a valid resume
+    # More steps would change the schedule the checkpoint was trained with: refused, on one line.
+    status, _, err = run_main(capsys, "train", "--max-iters", "3", "--eval-iters", "1", "--out", str(out), "--resume")
+    assert status == 2 and "lr_decay_iters: saved 2, now 3" in one_line_error(err)
+    status, stdout, err = run_main(capsys, "sample", "--checkpoint", str(out), "--prompt", "ROMEO:",
+                                   "--max-new-tokens", "50", "--temperature", "0.8", "--top-k", "10")
+    assert status == 0, err
+    assert stdout.startswith("ROMEO:") and len(stdout.rstrip("\n")) == len("ROMEO:") + 50
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------
+
+INTERRUPTED = re.compile(r"nanogpt: error: interrupted by SIGINT at step (\d+): checkpoint at step \1 saved to (.+); "
+                         r"resume with: (.+)")
+
+
+def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0) -> tuple[int, str]:
+    """Start ``argv``, send SIGINT once the training loop is running; (exit status, stderr)."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.monotonic() + 120
+        while "training:" not in log.read_text():  # the progress bar: train() is in its loop
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+        time.sleep(settle_s)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=120)
+    return status, log.read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_and_prints_the_command_that_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "shakespeare-char-cpu", "--device", "cpu", "--max-iters", "100000",
+            "--eval-iters", "1", "--out", str(out)]
+    status, err = interrupt_training([sys.executable, "-m", "nanogpt", *args], tmp_path / "first.log")
+    assert status == 130 and "Traceback" not in err
+    match = INTERRUPTED.fullmatch(err.strip().splitlines()[-1])
+    assert match, err[-500:]
+    step, path, command = int(match[1]), Path(match[2]), shlex.split(match[3])
+    assert step > 0 and path == out / "ckpt.pt"
+    assert torch.load(path, map_location="cpu", weights_only=True)["iter"] == step
+    assert command[:3] == ["python", "-m", "nanogpt"]
+    assert build_parser().parse_args(command[3:]) == build_parser().parse_args([*args, "--resume"])
+    # The printed command resumes: run it, interrupt it again, and it stops further on.
+    status, err = interrupt_training([sys.executable, *command[1:]], tmp_path / "second.log")
+    assert status == 130
+    match = INTERRUPTED.fullmatch(err.strip().splitlines()[-1])
+    assert match and int(match[1]) > step

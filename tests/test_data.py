@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -120,6 +121,28 @@ def test_token_shards_round_trip_and_reject_large_ids(tmp_path):
         D.write_tokens(tmp_path / "bad.bin", [70_000])
 
 
+def test_shards_refuse_ids_that_uint16_cannot_hold_before_storing_them(tmp_path):
+    encode = {"ok": [1, 2, 3], "big": [4, 70_000], "negative": [-1]}.get
+    for doc in ("big", "negative"):
+        with pytest.raises(ValueError, match=r"token id (70000|-1) in document 1 is outside \[0, 65535\]"):
+            D.tokenize_to_shards(["ok", doc], encode, tmp_path / doc, shard_tokens=4)
+        stored = [D.read_tokens(p).tolist() for p in sorted((tmp_path / doc).glob("*.bin"))]
+        assert 70_000 % 2**16 not in sum(stored, [])  # 70000 never became 4464
+
+
+def test_tokenize_text_dataset_makes_one_document_per_file(tmp_path):
+    enc = GPT2Tokenizer()
+    texts = ["First file.\nTwo lines.\n", "Second file,\none more.\n", "Third."]
+    files = []
+    for i, t in enumerate(texts):
+        files.append(tmp_path / f"doc{i}.txt")
+        files[-1].write_text(t, encoding="utf-8")
+    paths = D.tokenize_text_dataset(files, enc.enc.encode_ordinary, tmp_path / "shards", eot=enc.eot_token)
+    stored = np.concatenate([D.read_tokens(p) for p in paths]).tolist()
+    assert stored == sum((enc.encode_document(t) for t in texts), [])  # an <|endoftext|> before each file
+    assert stored.count(enc.eot_token) == 3
+
+
 def test_tokenize_text_dataset_through_hf_datasets(tmp_path, text):
     enc = GPT2Tokenizer()
     doc = text[:5_000]
@@ -176,6 +199,27 @@ def test_interrupted_download_leaves_no_file_and_says_how_to_fix(tmp_path, monke
     assert "NANOGPT_DATA_DIR/tinyshakespeare/input.txt" in message and SPEC.url in message
     cache = tmp_path / "cache" / "tinyshakespeare"
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_data_dir_without_the_corpus_is_named_before_the_download_error(tmp_path, monkeypatch):
+    folder = tmp_path / "no-such-folder"
+    monkeypatch.setenv("NANOGPT_DATA_DIR", str(folder))
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as info:
+        D.dataset_path("tinyshakespeare")
+    first_line = str(info.value).splitlines()[0]  # what the command line shows
+    assert first_line.startswith(f"NANOGPT_DATA_DIR is {folder}, a folder that does not exist: "
+                                 "it has no tinyshakespeare/input.txt; could not download tinyshakespeare: ")
+    assert "Temporary failure in name resolution" in first_line
+    folder.mkdir()
+    with pytest.raises(DataError, match=f"NANOGPT_DATA_DIR is {folder}: it has no tinyshakespeare/input.txt; "
+                                        "tinyshakespeare is not available locally"):
+        D.dataset_path("tinyshakespeare", allow_download=False)
 
 
 def test_corrupt_files_are_detected_not_used(tmp_path, monkeypatch):

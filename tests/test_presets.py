@@ -1,0 +1,146 @@
+"""Presets: one registry, and the plan printed before a run (with mocked GPUs)."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+import nanogpt
+from nanogpt import model as model_module
+from nanogpt import presets as P
+from nanogpt.presets import PRESETS, describe_plan, plan_run, resolve_preset, run_config, train_preset
+
+
+def test_one_registry_with_the_three_runs():
+    assert nanogpt.PRESETS is PRESETS
+    assert set(PRESETS) == {"shakespeare-char", "shakespeare-char-cpu", "gpt2"}
+    assert not hasattr(model_module, "PRESETS") and not hasattr(P, "RUN_PRESETS")
+    for name, preset in PRESETS.items():
+        assert preset.name == name
+        assert isinstance(preset.model, nanogpt.GPTConfig) and isinstance(preset.train, nanogpt.train.TrainConfig)
+
+
+def test_shakespeare_char_is_the_videos_model_and_nanogpts_schedule():
+    p = PRESETS["shakespeare-char"]
+    m, t = p.model, p.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (6, 6, 384, 256, 0.2)
+    assert (t.max_iters, t.batch_size, t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters) == (
+        5000, 64, 1e-3, 1e-4, 100, 5000)
+    assert (t.beta2, t.eval_interval, t.eval_iters, t.time_budget_s) == (0.99, 250, 200, None)
+
+
+def test_cpu_preset_runs_by_the_clock_without_a_step_sentinel():
+    t = PRESETS["shakespeare-char-cpu"].train
+    assert t.max_iters is None and t.time_budget_s == 600
+
+
+def test_gpt2_is_build_nanogpts_recipe():
+    p = PRESETS["gpt2"]
+    m, t = p.model, p.train
+    assert (m.block_size, m.vocab_size, m.n_layer, m.n_head, m.n_embd, m.dropout) == (1024, 50304, 12, 12, 768, 0.0)
+    assert t.batch_size * m.block_size * t.grad_accum_steps == 2**19 == 524_288
+    assert (t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, t.lr_decay_iters) == (6e-4, 6e-5, 715, 19073, 19073)
+    assert (t.beta2, t.weight_decay) == (0.95, 0.1)
+    assert p.dataset == "fineweb-edu"
+
+
+def test_resolve_preset_swaps_to_the_cpu_size_only_when_the_device_was_not_chosen():
+    preset, note = resolve_preset("shakespeare-char", "cpu")
+    assert preset.name == "shakespeare-char-cpu" and "pass --device cpu" in note
+    assert resolve_preset("shakespeare-char", "cpu", explicit_device=True) == (PRESETS["shakespeare-char"], None)
+    assert resolve_preset("shakespeare-char", "cuda") == (PRESETS["shakespeare-char"], None)
+    assert resolve_preset("gpt2", "cpu") == (PRESETS["gpt2"], None)
+    with pytest.raises(ValueError, match="unknown preset 'nope'; choose from shakespeare-char"):
+        resolve_preset("nope", "cpu")
+
+
+def test_run_config_applies_a_step_count_in_place_of_the_time_budget():
+    cfg = run_config(PRESETS["shakespeare-char-cpu"], device="cpu", max_iters=40, eval_iters=3)
+    assert (cfg.max_iters, cfg.lr_decay_iters, cfg.time_budget_s, cfg.eval_iters) == (40, 40, None, 3)
+    assert cfg.warmup_iters == 4 and cfg.eval_interval == 40 and cfg.device == "cpu"
+    assert run_config(PRESETS["shakespeare-char"], device="cuda").max_iters == 5000
+
+
+def test_train_preset_refuses_a_dataset_it_cannot_prepare():
+    with pytest.raises(ValueError, match="preset 'gpt2' trains on 'fineweb-edu', which train_preset cannot prepare"):
+        train_preset(PRESETS["gpt2"], device="cpu")
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+def flops_per_token(n_layer: int, n_embd: int, vocab: int, T: int) -> int:
+    """Independent count for a GPT-2-style model with biases and a tied head: 6N + 12·L·C·T,
+    N without the position table."""
+    per_block = 12 * n_embd**2 + 13 * n_embd  # qkv, proj, 4x MLP (weights + biases), two LayerNorms
+    n = vocab * n_embd + n_layer * per_block + 2 * n_embd  # token table, blocks, final LayerNorm
+    return 6 * n + 12 * n_layer * n_embd * T
+
+
+def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
+    """Make torch report ``name`` as the CUDA device (T4s say bf16 works, by emulation only)."""
+    native_bf16 = capability >= (8, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: native_bf16 or including_emulation)
+
+
+def minutes(plan: str) -> float:
+    return float(re.search(r"estimate  about (\d+) minutes", plan).group(1))
+
+
+def test_plan_on_a_cpu_counts_tokens_and_flop_but_gives_no_time():
+    plan = describe_plan(PRESETS["shakespeare-char"], "cpu", max_iters=100, eval_iters=2)
+    fpt = flops_per_token(6, 384, 65, 256)
+    assert f"{fpt:,} FLOP per token" in plan
+    n_params = 65 * 384 + 256 * 384 + 6 * (12 * 384**2 + 13 * 384) + 2 * 384  # tables, blocks, final LayerNorm
+    assert f"{n_params:,} parameters (6 layers, 6 heads, 384 wide, context 256)" in plan
+    assert f"100: {100 * 64 * 256:,} tokens, {fpt * 100 * 64 * 256:.3g} FLOP" in plan
+    assert "estimate  none on cpu" in plan and "minutes" not in plan
+
+
+def test_plan_for_a_time_budget_says_the_clock_decides():
+    numbers = plan_run(PRESETS["shakespeare-char-cpu"], "cpu")
+    assert numbers.train_flop is None and numbers.evaluations is None and numbers.seconds is None
+    plan = describe_plan(PRESETS["shakespeare-char-cpu"], "cpu")
+    assert "600 s of training by the clock" in plan and "12 x 64 = 768 tokens per step" in plan
+    assert "600 s plus evaluations" in plan and "steps     " not in plan
+
+
+@pytest.mark.parametrize("gpu,capability,peak,mfu", [
+    ("Tesla T4", (7, 5), 65e12, 0.30),                   # fp16 tensor cores
+    ("NVIDIA A100-SXM4-40GB", (8, 0), 312e12, 0.40),     # bf16
+    ("NVIDIA H100 80GB HBM3", (9, 0), 989.5e12, 0.40),   # bf16
+])
+def test_chapter_06_full_run_estimate_on_gpus(monkeypatch, gpu, capability, peak, mfu):
+    fake_gpu(monkeypatch, gpu, capability)
+    plan = describe_plan(PRESETS["shakespeare-char"], "cuda")
+    fpt = flops_per_token(6, 384, 65, 256)
+    train_flop = 5000 * 64 * 256 * fpt
+    eval_flop = 21 * 200 * 2 * 64 * 256 * fpt / 3  # 21 evaluations (0, 250, ..., 5000), forward only
+    seconds = (train_flop + eval_flop) / (peak * mfu)
+    assert math.isclose(plan_run(PRESETS["shakespeare-char"], "cuda").seconds, seconds, rel_tol=1e-9)
+    assert f"on {gpu}, at an assumed {mfu:.0%} MFU of its {peak / 1e12:,.0f} TFLOP/s data-sheet peak" in plan
+    if seconds >= 90:
+        assert minutes(plan) == round(seconds / 60)
+    else:
+        assert f"about {seconds:.0f} seconds" in plan
+    if gpu == "Tesla T4":  # a free Colab GPU finishes chapter 06's full run in minutes
+        assert 3 <= minutes(plan) <= 15
+
+
+def test_gpt2_plan_on_an_h100_takes_hours(monkeypatch):
+    fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    plan = describe_plan(PRESETS["gpt2"], "cuda")
+    assert "8 x 64 x 1024 = 524,288 tokens per step" in plan
+    assert f"19,073: {19073 * 524_288:,} tokens" in plan
+    assert re.search(r"estimate  about [\d.]+ hours on NVIDIA H100", plan)
+
+
+def test_plan_on_an_unlisted_gpu_says_why_there_is_no_estimate(monkeypatch):
+    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9))
+    plan = describe_plan(PRESETS["shakespeare-char"], "cuda")
+    assert "no data-sheet peak for NVIDIA GeForce RTX 4090" in plan
