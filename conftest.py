@@ -17,6 +17,26 @@ os.environ.setdefault("NANOGPT_QUICK", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, except that each lone-chapter test is a work unit of its own.
+
+    Notebooks and test files stay whole on one worker (an nbval notebook's cells share a
+    kernel; a file's session fixtures are built once), while the lone-chapter runs, one per
+    notebook, spread over the workers instead of queueing on one.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/test_lone_chapters.py::"):
+                return nodeid
+            return super()._split_scope(nodeid)
+
+    return Scheduler(config, log)
+
+
 def pytest_configure(config) -> None:
     # nbval resolves the sanitizer path against the working directory: make it absolute.
     if hasattr(config.option, "nbval_sanitize_with") and not config.option.nbval_sanitize_with:

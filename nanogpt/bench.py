@@ -2,7 +2,7 @@
 
 Measured in one process, in one run: matmul throughput (the yardstick), training step time,
 tokens/s and MFU against that yardstick, the naive ``Head``-based model against the fused GPT
-(alternating steps, medians), peak memory of a training step, and generation with and
+(``attention.naive_twin``: the same function and weights; alternating steps, medians), peak memory of a training step, and generation with and
 without the key/value cache. The machine may be shared and noisy: A and B are alternated,
 every figure is a median, and the thread count is pinned and reported.
 """
@@ -13,12 +13,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from .attention import naive_twin
 from .compute import measure_matmul_flops
-from .model import GPT, PRESETS, GPTConfig
+from .model import GPT, GPTConfig
+from .presets import PRESETS
 from .runtime import describe_hardware, pick_device
 from .train import autocast, configure_adamw, resolve_dtype
 
@@ -70,16 +72,6 @@ def alternate(steps: dict[str, callable], repeats: int, warmup: int = 1) -> dict
         for name, fn in steps.items():
             times[name].append(fn())
     return times
-
-
-def naive_twin(model: GPT) -> GPT:
-    """The same network with the video's ``Head``-based attention, holding the same weights."""
-    twin = GPT(replace(model.config, attention="naive")).to(model.lm_head.weight.device)
-    state = {k: v for k, v in model.state_dict().items() if ".attn." not in k}
-    twin.load_state_dict(state, strict=False)
-    for fused_block, naive_block in zip(model.transformer.h, twin.transformer.h):
-        naive_block.attn.load_from_fused(fused_block.attn)
-    return twin
 
 
 def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, seed: int = 0):
@@ -139,7 +131,7 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    config = config or PRESETS[preset]
+    config = config or PRESETS[preset].model
     device_type = torch.device(device).type
     dtype = resolve_dtype(device_type)
     result: dict = {"preset": preset, "device": device, "hardware": describe_hardware(device),
@@ -196,14 +188,18 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     return result
 
 
-def save_result(result: dict) -> None:
-    """Write the figures as a record for the book's results page (book/results/bench-*.json)."""
-    from .results import write_result
+def save_result(result: dict) -> Path | None:
+    """Write the figures as a record for the results page (``bench-*.json``); returns its path.
+
+    The folder is ``nanogpt.course.results_dir()``: the course's records in a checkout,
+    ``./nanogpt-results`` (or ``$NANOGPT_RESULTS_DIR``) elsewhere; None under quick mode.
+    """
+    from .course.results import write_result  # course-only, so imported on use
 
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["tokens_per_s"] = metrics.pop("train_tokens_per_s")
     metrics["gen_same_tokens"] = result["gen_same_tokens"]
-    write_result(f"bench-{result['preset']}-{result['device']}", {
+    return write_result(f"bench-{result['preset']}-{result['device']}", {
         "title": f"python -m nanogpt bench: {result['preset']} training step, generation, memory",
         "kind": "benchmark",
         "model": f"GPT {result['parameters']:,} parameters, batch {result['batch_size']} x {result['block_size']}, "
@@ -218,7 +214,8 @@ def main(args) -> None:
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     result = run_benchmark(args.preset, args.device, steps=max(1, args.steps), threads=args.threads, log=log)
     if args.save:
-        save_result(result)
+        saved = save_result(result)
+        log(f"record written to {saved}" if saved else "no record written: quick mode (NANOGPT_QUICK)")
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -1,6 +1,5 @@
-"""Run-time switches read from the environment, in one place.
+"""Where the package runs: the device, the data folders, the machine a figure was measured on.
 
-- ``NANOGPT_QUICK=1`` shrinks iteration counts so every chapter runs in CI in minutes.
 - ``NANOGPT_DATA_DIR`` points at a local data folder (``tinyshakespeare/input.txt``).
 - ``NANOGPT_CACHE_DIR`` overrides where downloads are cached (default ``~/.cache/nanogpt``).
 """
@@ -10,16 +9,6 @@ import os
 from pathlib import Path
 
 import torch
-
-
-def is_quick() -> bool:
-    """True when ``NANOGPT_QUICK`` asks for the small CI budget."""
-    return os.environ.get("NANOGPT_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def quick_or(full: int, quick: int) -> int:
-    """``full`` normally, ``quick`` under ``NANOGPT_QUICK=1`` (iteration counts, sample sizes)."""
-    return quick if is_quick() else full
 
 
 def data_dir() -> Path | None:

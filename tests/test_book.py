@@ -31,8 +31,6 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from nanogpt.results import load_results
-
 pytestmark = pytest.mark.book
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,15 +160,6 @@ def test_no_assets_from_the_network(book_build):
     assert pages, f"no HTML pages under {HTML_DIR}"
     remote = {str(p.relative_to(HTML_DIR)): scan(p).remote for p in pages if scan(p).remote}
     assert not remote, "pages load scripts/styles/images from the network:\n" + json.dumps(remote, indent=1)
-
-
-# ------------------------------------------------------------------- results records
-
-def test_results_records_follow_the_schema():
-    """Every book/results/*.json is a record (or list of records) the results page can show."""
-    _, skipped = load_results(ROOT / "book" / "results")
-    bad = dict(skipped)
-    assert not bad, "records that break book/results/README.md's schema:\n" + json.dumps(bad, indent=1)
 
 
 # ------------------------------------------------------------------------ browser

@@ -1,11 +1,21 @@
-"""Result records: the schema check, the loader and the writer the chapters share."""
+"""Result records: the schema check, the loader and the writer the chapters share, and where
+records live (shipped in the package) and go (never into an installed package)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
-from nanogpt.results import load_results, record_problems, write_result
+from nanogpt.course import load_results, records_dir, results_dir, write_result
+from nanogpt.course.results import record_problems, source_checkout
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = {"title": "t", "kind": "training", "model": "GPT", "hardware": "cpu", "device": "cpu", "torch": "2.13",
         "date": "2026-11-23", "command": "python -m nanogpt train", "metrics": {"val_loss": 1.5}}
@@ -37,3 +47,75 @@ def test_write_result_validates_and_skips_quick_runs(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["date"]  # filled in
     with pytest.raises(ValueError, match="breaks the schema"):
         write_result("bad", {**GOOD, "metrics": []}, tmp_path)
+
+
+def test_the_course_records_ship_in_the_package_and_follow_the_schema():
+    """Every nanogpt/course/records/*.json is a record (or list) the results page can show."""
+    assert records_dir() == ROOT / "nanogpt" / "course" / "records"
+    valid, skipped = load_results(records_dir())
+    assert valid, f"no records in {records_dir()}"
+    assert not skipped, "records that break records/README.md's schema:\n" + json.dumps(dict(skipped), indent=1)
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"nanogpt.course" = ["records/*.json", "records/README.md"]' in pyproject, "ship the records as package data"
+
+
+def test_in_this_checkout_records_are_written_beside_the_course_records(monkeypatch):
+    monkeypatch.delenv("NANOGPT_RESULTS_DIR", raising=False)
+    assert source_checkout() == ROOT
+    assert results_dir() == records_dir()
+
+
+WRITE = """
+import json, os
+from nanogpt.course import load_results, records_dir, results_dir, write_result
+record = {"title": "t", "kind": "training", "model": "GPT", "hardware": "cpu", "device": "cpu",
+          "torch": "2.13", "command": "c", "metrics": {"val_loss": 1.5}}
+path = write_result("mine", record)
+names = [name for name, _ in load_results()[0]]
+print(json.dumps({"path": str(path), "records": str(records_dir()), "names": names}))
+"""
+
+
+def write_from_a_copy(tmp_path: Path, layout: str, env: dict | None = None) -> dict:
+    """Copy nanogpt/course (under an empty nanogpt/) as ``layout`` has it, call write_result there."""
+    home = tmp_path / layout
+    package = home / "nanogpt"
+    shutil.copytree(ROOT / "nanogpt" / "course", package / "course", ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__init__.py").write_text("")
+    if layout == "checkout":
+        shutil.copy(ROOT / "pyproject.toml", home / "pyproject.toml")
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    run_env = {k: v for k, v in os.environ.items() if k not in ("NANOGPT_RESULTS_DIR", "PYTHONPATH")}
+    run_env.update(PYTHONPATH=str(home), NANOGPT_QUICK="0", **(env or {}))
+    proc = subprocess.run([sys.executable, "-S", "-c", textwrap.dedent(WRITE)], cwd=work, env=run_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    out["work"], out["home"] = work, home
+    return out
+
+
+def test_write_result_in_a_source_checkout_writes_to_its_records(tmp_path):
+    out = write_from_a_copy(tmp_path, "checkout")
+    assert Path(out["path"]) == out["home"] / "nanogpt" / "course" / "records" / "mine.json"
+    assert Path(out["path"]).is_file() and not (out["work"] / "nanogpt-results").exists()
+    assert out["names"].count("mine.json") == 1  # one folder: read once
+
+
+def test_write_result_from_an_installed_package_writes_to_the_working_directory(tmp_path):
+    out = write_from_a_copy(tmp_path, "site-packages")
+    assert Path(out["path"]) == out["work"] / "nanogpt-results" / "mine.json"
+    assert Path(out["path"]).is_file()
+    assert not (out["home"] / "nanogpt" / "course" / "records" / "mine.json").exists(), "wrote into the package"
+    shipped = [p.name for p in (out["home"] / "nanogpt" / "course" / "records").glob("*.json")]
+    names = out["names"]
+    assert set(shipped) <= set(names), "the shipped records are read too"
+    assert names[-1] == f"{out['work'] / 'nanogpt-results'}/mine.json", names  # the reader's own, by path
+
+
+def test_write_result_goes_where_nanogpt_results_dir_says(tmp_path):
+    chosen = tmp_path / "chosen"
+    out = write_from_a_copy(tmp_path, "site-packages", env={"NANOGPT_RESULTS_DIR": str(chosen)})
+    assert Path(out["path"]) == chosen / "mine.json" and Path(out["path"]).is_file()
+    assert not (out["work"] / "nanogpt-results").exists()

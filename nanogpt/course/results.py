@@ -1,13 +1,17 @@
 """Measured results: the JSON records behind the book's results page.
 
 Every figure the course reports is written by the script or chapter that measured it, as
-``book/results/<name>.json`` (one record, or a list of records)::
+one JSON file (one record, or a list of records)::
 
     {"title": str, "kind": "training" | "benchmark" | "closed-form", "model": str,
      "hardware": str, "device": str, "torch": str, "date": "YYYY-MM-DD", "command": str,
      "metrics": {"wall_time_s": float, "val_loss": float, "tokens_per_s": float, ...}}
 
-Every metric is optional, and any other named figure may be added.
+Every metric is optional, and any other named figure may be added (``records/README.md``).
+
+The course's own records ship inside the package (``records/``), so a chapter copied alone
+next to an installed package still shows them. New records never go into an installed
+package: see ``results_dir``.
 """
 from __future__ import annotations
 
@@ -17,16 +21,46 @@ import math
 import os
 from pathlib import Path
 
+from .quick import is_quick
+
 KINDS = ("training", "benchmark", "closed-form")
 REQUIRED = ("title", "kind", "model", "hardware", "device", "torch", "date", "command", "metrics")
 MAIN_METRICS = ("wall_time_s", "val_loss", "tokens_per_s")
+# Where write_result writes outside a source checkout, relative to the working directory.
+LOCAL_RESULTS = "nanogpt-results"
+
+
+def records_dir() -> Path:
+    """The course's own records, shipped with the package (read-only once installed)."""
+    return Path(__file__).resolve().parent / "records"
+
+
+def source_checkout() -> Path | None:
+    """The course repository's root when the package runs from a checkout of it, else None.
+
+    A checkout has the course's ``pyproject.toml`` beside the ``nanogpt`` folder; an
+    installed package sits in ``site-packages``, which has none (and a ``nanogpt/`` copied
+    into another project sits beside that project's own).
+    """
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        return root if 'name = "nanogpt-from-scratch"' in (root / "pyproject.toml").read_text(encoding="utf-8") else None
+    except OSError:
+        return None
 
 
 def results_dir() -> Path:
-    """``$NANOGPT_RESULTS_DIR``, else ``book/results`` beside the package."""
+    """Where ``write_result`` saves a record.
+
+    ``$NANOGPT_RESULTS_DIR`` when set; else, in a source checkout, the course's ``records/``
+    (a new record becomes part of the course when committed); else ``./nanogpt-results`` in
+    the working directory, never inside an installed package.
+    """
     if os.environ.get("NANOGPT_RESULTS_DIR"):
         return Path(os.environ["NANOGPT_RESULTS_DIR"]).expanduser()
-    return Path(__file__).resolve().parent.parent / "book" / "results"
+    if source_checkout() is not None:
+        return records_dir()
+    return Path.cwd() / LOCAL_RESULTS
 
 
 def _is_number(x) -> bool:
@@ -61,18 +95,30 @@ def record_problems(record) -> list[str]:
 def load_results(folder: str | Path | None = None) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     """All records in ``folder``: ``(valid, skipped)``, as ``(name, record)`` and ``(name, reason)``.
 
-    ``name`` is the file name, with ``[i]`` for the i-th record of a list.
+    ``name`` is the file name, with ``[i]`` for the i-th record of a list. Without a folder:
+    the course's records, then the reader's own (``results_dir()``, when that is elsewhere
+    and exists), named with their folder's path so the two never mix.
     """
-    folder = Path(folder) if folder is not None else results_dir()
+    if folder is not None:
+        return _load_folder(Path(folder))
+    valid, skipped = _load_folder(records_dir())
+    own = results_dir()
+    if own.is_dir() and own.resolve() != records_dir():
+        more_valid, more_skipped = _load_folder(own, prefix=f"{own}/")
+        valid, skipped = valid + more_valid, skipped + more_skipped
+    return valid, skipped
+
+
+def _load_folder(folder: Path, prefix: str = "") -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     valid, skipped = [], []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            skipped.append((path.name, f"unreadable JSON: {err}"))
+            skipped.append((prefix + path.name, f"unreadable JSON: {err}"))
             continue
         for i, record in enumerate(data if isinstance(data, list) else [data]):
-            name = f"{path.name}[{i}]" if isinstance(data, list) else path.name
+            name = prefix + (f"{path.name}[{i}]" if isinstance(data, list) else path.name)
             problems = record_problems(record)
             if problems:
                 skipped.append((name, "; ".join(problems)))
@@ -82,13 +128,12 @@ def load_results(folder: str | Path | None = None) -> tuple[list[tuple[str, dict
 
 
 def write_result(name: str, record: dict, folder: str | Path | None = None) -> Path | None:
-    """Save a measured record as ``<folder>/<name>.json`` (the date is filled in when missing).
+    """Save a measured record as ``<folder>/<name>.json`` and return its path.
 
-    Skipped under ``NANOGPT_QUICK`` (a shrunk run is not a result); a record that breaks
-    the schema is refused with a ``ValueError``.
+    ``folder`` defaults to ``results_dir()``. The date is filled in when missing. Skipped
+    under ``NANOGPT_QUICK`` (a shrunk run is not a result: returns None); a record that
+    breaks the schema is refused with a ``ValueError``.
     """
-    from .runtime import is_quick
-
     if is_quick():
         return None
     record = {"date": datetime.date.today().isoformat(), **record}
