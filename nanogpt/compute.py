@@ -169,16 +169,22 @@ class GPUPeak:
 
 
 RTX_3070_TI_COURSE_FLOPS = 2.3e13
-"""The figure the course quotes for its RTX 3070 Ti. NVIDIA's data-sheet fp32 peak is 2.175e13
-(6144 CUDA cores x 2 FLOP per FMA x 1.77 GHz rated boost). 2.3e13 is ~6% above that: it is
-what the same cores give at ~1.87 GHz, a clock such cards often hold above their rated boost.
-Treat it as "about 22-23 TFLOP/s fp32", not a guarantee."""
+"""The figure the course's source notes quote for an RTX 3070 Ti (fp32). It is not a rounding
+of NVIDIA's data-sheet peak, 2.175e13 (6144 CUDA cores x 2 FLOP per FMA x 1.77 GHz rated
+boost), but ~6% above it: what the same cores give at ~1.87 GHz, a clock such cards often hold
+above their rated boost. Treat it as "about 22-23 TFLOP/s fp32", not a guarantee."""
 
 GPU_PEAKS: tuple[GPUPeak, ...] = (
     GPUPeak("RTX 3070 Ti", "fp32", 21.75e12,
             "NVIDIA GeForce RTX 3070 Ti specifications: 6144 CUDA cores, 1.77 GHz boost; "
-            "6144 x 2 x 1.77e9 = 21.75 TFLOP/s. The course rounds this to 2.3e13 "
-            "(RTX_3070_TI_COURSE_FLOPS)."),
+            "6144 x 2 x 1.77e9 = 21.75 TFLOP/s. The notes' 2.3e13 (RTX_3070_TI_COURSE_FLOPS) is "
+            "about 6% above this peak, not a rounding of it."),
+    GPUPeak("RTX 4090", "fp32", 82.6e12,
+            "NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: peak FP32 82.6 TFLOPS "
+            "(16384 CUDA cores x 2 x 2.52 GHz boost)."),
+    GPUPeak("RTX 4090", "bf16", 165.2e12,
+            "NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: peak BF16 Tensor "
+            "TFLOPS with FP32 accumulate 165.2 dense (330.4 with sparsity)."),
     GPUPeak("A100", "fp32", 19.5e12, "NVIDIA A100 Tensor Core GPU data sheet (SXM/PCIe): FP32 19.5 TFLOPS."),
     GPUPeak("A100", "tf32", 156e12, "NVIDIA A100 data sheet: TF32 Tensor Core 156 TFLOPS dense (312 with sparsity)."),
     GPUPeak("A100", "bf16", 312e12, "NVIDIA A100 data sheet: BF16 Tensor Core 312 TFLOPS dense (624 with sparsity)."),

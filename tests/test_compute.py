@@ -164,8 +164,12 @@ def test_gpu_peaks():
     assert gpu_peak("a100", "TF32") == 156e12
     assert gpu_peak("H100 SXM", "fp32") == 67e12
     assert gpu_peak("T4", "fp16") == 65e12
-    # the course's 2.3e13 is within 10% of the RTX 3070 Ti data sheet's 21.75 TFLOP/s
+    # the notes' 2.3e13 is within 10% of the RTX 3070 Ti data sheet's 21.75 TFLOP/s, and above it:
+    # not a rounding of the data sheet (which would give 2.2e13), and no source says it is
     assert gpu_peak("RTX 3070 Ti") == pytest.approx(RTX_3070_TI_COURSE_FLOPS, rel=0.10)
+    assert gpu_peak("RTX 3070 Ti") < RTX_3070_TI_COURSE_FLOPS
+    assert not any("rounds" in p.source for p in GPU_PEAKS)
+    assert gpu_peak("RTX 4090", "bf16") == 165.2e12 and gpu_peak("RTX 4090") == 82.6e12
     for gpu in ("A100", "H100 SXM"):
         assert gpu_peak(gpu, "fp32") < gpu_peak(gpu, "tf32") < gpu_peak(gpu, "bf16")
     with pytest.raises(KeyError):
