@@ -6,7 +6,8 @@ only because the course is a set of notebooks measured on real hardware:
 
 - ``quick``: ``is_quick`` / ``quick_or``, the small budgets the notebooks run with in CI
   (``NANOGPT_QUICK=1``);
-- ``notebook``: ``show_source``, how a chapter shows the package's code beside its text;
+- ``notebook``: ``show_source``, how a chapter shows the package's code beside its text, and
+  ``glue``, how a figure it computes reaches its prose;
 - ``results``: the measured records behind the book's results page (``write_result``,
   ``load_results``), with the course's own records shipped in ``records/`` as package data,
   so a chapter copied alone (as in Colab) still finds them;
@@ -14,8 +15,8 @@ only because the course is a set of notebooks measured on real hardware:
 
 Nothing in the core imports from here at module level.
 """
-from .notebook import show_source
+from .notebook import glue, show_source
 from .quick import is_quick, quick_or
 from .results import load_results, records_dir, results_dir, write_result
 
-__all__ = ["is_quick", "quick_or", "show_source", "write_result", "load_results", "results_dir", "records_dir"]
+__all__ = ["is_quick", "quick_or", "show_source", "glue", "write_result", "load_results", "results_dir", "records_dir"]

@@ -1,4 +1,4 @@
-"""Show the package's source inline in a chapter, so the text and the code never drift apart."""
+"""Notebook helpers: show the package's source inline, and put computed figures into the text."""
 from __future__ import annotations
 
 import inspect
@@ -12,3 +12,16 @@ def show_source(obj) -> "object":
     from IPython.display import Code  # IPython is there whenever a notebook runs
 
     return Code(inspect.getsource(obj), language="python")
+
+
+def glue(name: str, value, display: bool = True) -> None:
+    """Make ``value`` quotable in the chapter's text as ``{glue:text}`name```.
+
+    myst-nb's ``glue`` where it is installed (the course environment, the book); elsewhere,
+    as in Colab, nothing: the chapter prints its figures anyway.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=display)
