@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -246,11 +247,13 @@ def train_preset(
     progress: bool = True,
     data: CharData | None = None,
     eval_iters: int | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
 ) -> tuple[GPT, History, CharData]:
     """Train a character-level ``preset`` and return (model, history, data).
 
     ``max_iters`` fixes the number of steps (the schedule follows, and a preset's time budget
-    no longer applies).
+    no longer applies). ``on_eval(iter, losses)`` is called after every loss estimate, as in
+    ``nanogpt.train.train``.
     """
     if data is None and preset.dataset not in DATASETS:
         raise ValueError(
@@ -269,5 +272,5 @@ def train_preset(
     evals = {"train": RandomBatches(data.train, cfg.batch_size, T, seed=1, device=device),
              "val": RandomBatches(data.val, cfg.batch_size, T, seed=2, device=device)}
     history = train(model, batches, evals, cfg, out_dir=out_dir, resume=resume,
-                    tokenizer=data.tokenizer, progress=progress)
+                    tokenizer=data.tokenizer, progress=progress, on_eval=on_eval)
     return model, history, data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import re
 
 import pytest
@@ -144,3 +145,20 @@ def test_plan_on_an_unlisted_gpu_says_why_there_is_no_estimate(monkeypatch):
     fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9))
     plan = describe_plan(PRESETS["shakespeare-char"], "cuda")
     assert "no data-sheet peak for NVIDIA GeForce RTX 4090" in plan
+
+
+def test_train_preset_calls_on_eval_after_every_loss_estimate():
+    from nanogpt.presets import CharData
+    from nanogpt.tokenizer import CharTokenizer
+
+    text = "to be or not to be, that is the question. " * 40
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text))
+    data = CharData(tok, ids[:1500], ids[1500:])
+    small = replace(PRESETS["shakespeare-char-cpu"],
+                    model=replace(PRESETS["shakespeare-char-cpu"].model, n_layer=1, n_embd=16, n_head=2, block_size=8),
+                    train=replace(PRESETS["shakespeare-char-cpu"].train, eval_interval=10, batch_size=4))
+    seen = []
+    train_preset(small, device="cpu", max_iters=20, data=data, progress=False, eval_iters=2,
+                 on_eval=lambda it, losses: seen.append((it, sorted(losses))))
+    assert seen == [(0, ["train", "val"]), (10, ["train", "val"]), (20, ["train", "val"])]
