@@ -12,6 +12,10 @@ HᵀH and HᵀY are accumulated over the windows chunk by chunk, in float64 and 
 order, so memory is O(K²) however long the text is, and two fits on the same machine (same
 device, thread count and library versions) give bit-identical weights.
 
+The scores s = hW become logits by ``RidgeConfig.readout``: "softmax" (β·s with one fitted
+temperature β) or "clipped" (the scores read as probabilities, log of max(s, ε) renormalised),
+which changes no weight, only how the scores are used.
+
 Needs only torch, tqdm and the standard library, so it can be copied on its own.
 """
 from __future__ import annotations
@@ -50,6 +54,8 @@ class RidgeConfig:
     bias: bool = True           # append a constant-1 feature, i.e. an output bias
     seed: int = 0               # seeds the embeddings, projection and biases (and default sampling)
     chunk_size: int = 4096      # windows per chunk when accumulating and evaluating
+    readout: str = "softmax"    # "softmax": logits = β·s; "clipped": log of max(s, clip_floor), renormalised
+    clip_floor: float = 1e-3    # ε of the clipped-probability readout (one-hot targets only)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context", "embed_dim", "hidden", "chunk_size"):
@@ -68,6 +74,14 @@ class RidgeConfig:
         if self.target == "embedding" and self.embedding == "onehot":
             raise ValueError("RidgeConfig.target='embedding' needs embedding='random' "
                              "(with one-hot embeddings it is the same as target='onehot')")
+        if self.readout not in ("softmax", "clipped"):
+            raise ValueError(f"RidgeConfig.readout must be 'softmax' or 'clipped', got {self.readout!r}")
+        if self.readout == "clipped" and self.target != "onehot":
+            raise ValueError("RidgeConfig.readout='clipped' needs target='onehot' "
+                             "(only then are the scores estimated probabilities)")
+        eps = self.clip_floor
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
+            raise ValueError(f"RidgeConfig.clip_floor must be a number in (0, 1), got {eps!r}")
         if not isinstance(self.bias, bool):
             raise ValueError(f"RidgeConfig.bias must be True or False, got {self.bias!r}")
 
@@ -309,21 +323,49 @@ class RidgeLM:
             lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
         return 0.5 * (lo + hi)
 
+    def scores_to_logits(self, s: torch.Tensor, readout: str | None = None,
+                 clip_floor: float | None = None) -> torch.Tensor:
+        """(N, V) scores -> (N, V) logits, by ``readout`` (default: the config's).
+
+        "softmax": β·s, with the calibrated temperature β. "clipped": the scores read as
+        probabilities, p ∝ max(s, ε), and the logits are log p (already normalised, so a
+        softmax or cross-entropy of them gives back p). No weight changes, only the link.
+        """
+        readout = self.config.readout if readout is None else readout
+        if readout == "softmax":
+            return self.logit_scale * s
+        if readout != "clipped":
+            raise ValueError(f"readout must be 'softmax' or 'clipped', got {readout!r}")
+        if self.config.target != "onehot":
+            raise ValueError("the clipped readout needs target='onehot'")
+        eps = self.config.clip_floor if clip_floor is None else clip_floor
+        if not 0 < eps < 1:
+            raise ValueError(f"clip_floor must be in (0, 1), got {eps!r}")
+        p = s.clamp(min=eps)
+        return p.log() - p.sum(1, keepdim=True).log()
+
     def _check_fitted(self) -> None:
         if self.W is None:
             raise RuntimeError("RidgeLM is not fitted yet: call fit(tokens) first")
 
     # ----------------------------------------------------------------- using it
     @torch.no_grad()
-    def logits(self, windows: torch.Tensor) -> torch.Tensor:
-        """(N, context) windows -> (N, vocab_size) float64 logits for the next token."""
+    def logits(self, windows: torch.Tensor, readout: str | None = None,
+               clip_floor: float | None = None) -> torch.Tensor:
+        """(N, context) windows -> (N, vocab_size) float64 logits for the next token.
+
+        ``readout`` and ``clip_floor`` override the config's for this call (see ``scores_to_logits``).
+        """
         self._check_fitted()
-        return self.logit_scale * self._scores(self.features(windows))
+        return self.scores_to_logits(self._scores(self.features(windows)), readout, clip_floor)
 
     @torch.no_grad()
-    def evaluate(self, tokens: torch.Tensor | Sequence[int],
-                 progress: bool = False) -> dict[str, float | int]:
-        """Mean cross-entropy (nats) and accuracy of the next token over every window of ``tokens``."""
+    def evaluate(self, tokens: torch.Tensor | Sequence[int], progress: bool = False,
+                 readout: str | None = None, clip_floor: float | None = None) -> dict[str, float | int]:
+        """Mean cross-entropy (nats) and accuracy of the next token over every window of ``tokens``.
+
+        ``readout`` and ``clip_floor`` override the config's, so one fit can be scored both ways.
+        """
         self._check_fitted()
         C, cs = self.config.context, self.config.chunk_size
         windows = self._windows(tokens)
@@ -331,7 +373,7 @@ class RidgeLM:
         for start in tqdm(range(0, len(windows), cs), desc="ridge eval", unit="chunk", disable=not progress):
             w = windows[start:start + cs]
             s, y = self._scores(self.features(w[:, :C])), w[:, C]             # (n, V), (n,)
-            total_ce += float(F.cross_entropy(self.logit_scale * s, y, reduction="sum"))
+            total_ce += float(F.cross_entropy(self.scores_to_logits(s, readout, clip_floor), y, reduction="sum"))
             correct += int((s.argmax(1) == y).sum())
         return {"loss": total_ce / len(windows), "accuracy": correct / len(windows), "windows": len(windows)}
 
