@@ -43,16 +43,25 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+def _cpuinfo(field_names: tuple[str, ...]) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line naming one of ``field_names`` (Linux only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field_names):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (``avx2``, ``amx_bf16``, ...); empty elsewhere."""
+    return set((_cpuinfo(("flags", "Features")) or "").split())
+
+
 def describe_hardware(device: str = "cpu") -> str:
     """A one-line description of the machine a figure was measured on."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo(("model name",)) or "CPU"
     return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"

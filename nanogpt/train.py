@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple, Protocol
 import torch
 import torch.nn as nn
 
-from .runtime import pick_device
+from .runtime import cpu_flags, pick_device
 
 
 class BatchSource(Protocol):
@@ -155,18 +155,6 @@ class Precision(NamedTuple):
     dtype: torch.dtype
     use_scaler: bool
     tf32: bool
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_has_native_bf16() -> bool:
