@@ -212,6 +212,11 @@ class RidgeLM:
         self.fit_stats: FitStats | None = None
 
     # ----------------------------------------------------------------- features
+    @property
+    def n_features(self) -> int:
+        """Columns of ``features``: K' (a subclass that adds features says how many here)."""
+        return self.config.n_features
+
     def features(self, windows: torch.Tensor) -> torch.Tensor:
         """H for (N, context) token windows: (N, K') float64, tanh(X @ P + b) then the 1-column."""
         windows = torch.as_tensor(windows, dtype=torch.long, device=self.device)
@@ -260,7 +265,7 @@ class RidgeLM:
         cfg = self.config
         C, cs = cfg.context, cfg.chunk_size
         windows = self._windows(tokens)                                       # (N, C+1)
-        N, Kp = len(windows), cfg.n_features
+        N, Kp = len(windows), self.n_features
         with deterministic_algorithms():
             self._sync()
             t0 = time.perf_counter()

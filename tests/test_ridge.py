@@ -302,3 +302,31 @@ def test_config_derived_sizes():
     assert (cfg.token_dim, cfg.n_features, cfg.n_outputs) == (65, 100, 65)
     cfg = RidgeConfig(vocab_size=65, target="embedding", embed_dim=32)
     assert cfg.n_outputs == 32
+
+
+def test_a_subclass_can_add_features_and_fit_evaluates_them():
+    """fit sizes HᵀH from ``n_features``, so extra columns need only ``features`` and ``n_features``."""
+    class WithLastToken(RidgeLM):
+        @property
+        def n_features(self) -> int:
+            return self.config.n_features + self.config.vocab_size
+
+        def features(self, windows):
+            windows = torch.as_tensor(windows, dtype=torch.long, device=self.device)
+            last = torch.nn.functional.one_hot(windows[:, -1], self.config.vocab_size).to(torch.float64)
+            return torch.cat([super().features(windows), last], 1)
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 5, (600,), generator=g)
+    jump = torch.rand(600, generator=g) < 0.2
+    tokens = [0]
+    for i in range(1, 600):  # mostly "last token plus one": a bigram rule the last token's one-hot states
+        tokens.append(int(noise[i]) if jump[i] else (tokens[-1] + 1) % 5)
+    tokens = torch.tensor(tokens)
+    cfg = RidgeConfig(vocab_size=5, context=3, embed_dim=4, hidden=8, chunk_size=64)
+    plain, extended = RidgeLM(cfg), WithLastToken(cfg)
+    plain.fit(tokens, progress=False)
+    extended.fit(tokens, progress=False)
+    assert extended.W.shape == (cfg.n_features + 5, 5)
+    ours, theirs = extended.evaluate(tokens), plain.evaluate(tokens)
+    assert ours["loss"] < theirs["loss"] and ours["accuracy"] > theirs["accuracy"]
