@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from .presets import describe_plan, resolve_preset, train_preset
     from .runtime import pick_device
-    from .train import TrainingInterrupted
+    from .train import TrainingInterrupted, evaluate_full
 
     device = pick_device(args.device)
     preset, note = resolve_preset(args.preset, device, explicit_device=args.device != "auto")
@@ -100,12 +100,21 @@ def cmd_train(args: argparse.Namespace) -> None:
                           f"{resume_command(args, out_dir)}") from None
     wall = time.perf_counter() - t0
     final = history.evals[-1]
+    trained_s = sum(row["ms"] for row in history.steps) / 1000
+    print(f"done in {wall:.0f} s ({trained_s:.0f} s of training steps, {history.eval_seconds:.0f} s of loss estimates): "
+          f"train loss {final['train']:.4f}, val loss {final['val']:.4f} (estimates from random batches)")
+    print(f"scoring the whole validation split ({len(data.val):,} characters)...", flush=True)
+    t_full = time.perf_counter()
+    val_full = evaluate_full(model, data.val, preset.model.block_size, device=device)
+    full_s = time.perf_counter() - t_full
+    print(f"validation loss on the full split: {val_full:.4f} ({full_s:.1f} s)")
     summary = {"preset": preset.name, "device": device, "parameters": model.num_params(),
                "iterations": history.steps[-1]["iter"] + 1 if history.steps else 0,
-               "wall_time_s": round(wall, 1), "train_loss": round(final["train"], 4),
-               "val_loss": round(final["val"], 4)}
+               "wall_time_s": round(wall + full_s, 1), "train_time_s": round(trained_s, 1),
+               "eval_time_s": round(history.eval_seconds, 1), "train_loss": round(final["train"], 4),
+               "val_loss": round(final["val"], 4), "val_loss_full": round(val_full, 4),
+               "full_eval_time_s": round(full_s, 1)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"done in {wall:.0f} s: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
     print(f"sample with: python -m nanogpt sample --checkpoint {out_dir}")
 
 

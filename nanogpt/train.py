@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .runtime import cpu_flags, pick_device
 
@@ -150,11 +151,22 @@ def configure_adamw(model: nn.Module, weight_decay: float, learning_rate: float,
 # --- precision ----------------------------------------------------------------------------
 
 class Precision(NamedTuple):
-    """How a device trains: autocast dtype, whether fp16 needs a GradScaler, whether to allow TF32."""
+    """How a device trains: autocast dtype, whether fp16 needs a GradScaler, whether to allow TF32,
+    and why (one line, for the run's first line of output)."""
 
     dtype: torch.dtype
     use_scaler: bool
     tf32: bool
+    reason: str = ""
+
+
+# On a CPU, bf16 autocast pays only where the matrices are big enough to keep the bf16 units
+# busy; below this width the casts around every op and the slow bf16 attention backward
+# cost more than the faster matmuls save. ``benchmarks/cpu_bf16_widths.py`` measures the
+# crossover (its record: "bf16 autocast vs fp32 on a CPU, by model width"). It gained from 192 wide
+# on an Intel Xeon with AMX; 256 leaves a margin for CPUs with AVX512-BF16 only, whose bf16 matmuls
+# gain less over fp32 (2.5x on an AMD EPYC, quoted from issue #13, against 3.5x on the Xeon).
+CPU_BF16_MIN_WIDTH = 256
 
 
 def cpu_has_native_bf16() -> bool:
@@ -169,33 +181,43 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def precision_plan(device_type: str, requested: str = "auto") -> Precision:
-    """The precision to train with on ``device_type``.
+def precision_plan(device_type: str, requested: str = "auto", width: int | None = None) -> Precision:
+    """The precision to train a model ``width`` wide (its ``n_embd``) with on ``device_type``.
 
     ``auto`` picks:
     - a GPU with native bf16 (compute capability 8.0 or newer: A100, H100, RTX 30/40): bf16
       autocast, and TF32 for what stays in fp32;
     - an older GPU (T4, V100: 7.x): fp16 autocast with a GradScaler. Such GPUs only emulate
       bf16 (``torch.cuda.is_bf16_supported()`` says True), slowly;
-    - a CPU: fp32 (bf16 autocast pays only on CPUs with bf16 matrix units);
-    - MPS: fp32.
+    - a CPU with bf16 matrix units (AVX512-BF16, AMX): bf16 autocast for models at least
+      ``CPU_BF16_MIN_WIDTH`` wide (or of unknown width), fp32 for narrower ones;
+    - any other CPU, and MPS: fp32.
     An explicit ``requested`` dtype wins; fp16 always gets the scaler.
     """
     ampere_or_newer = device_type == "cuda" and torch.cuda.get_device_capability() >= (8, 0)
     if requested != "auto":
-        dtype = getattr(torch, requested)
+        dtype, reason = getattr(torch, requested), f"{requested} as requested"
     elif device_type == "cuda":
         dtype = torch.bfloat16 if ampere_or_newer else torch.float16
+        reason = ("bf16 autocast: the GPU has bf16 tensor cores (compute capability 8.0+)" if ampere_or_newer
+                  else "fp16 autocast with a GradScaler: the GPU has fp16 tensor cores, bf16 only emulated")
+    elif device_type == "cpu" and width is not None and width < CPU_BF16_MIN_WIDTH:
+        dtype = torch.float32  # said the same way on every CPU, so printed plans match
+        reason = f"fp32: on a CPU, bf16 autocast pays from {CPU_BF16_MIN_WIDTH} wide and this model is {width} wide"
+    elif device_type == "cpu" and not cpu_has_native_bf16():
+        dtype, reason = torch.float32, "fp32: this CPU has no bf16 matrix units (AVX512-BF16 or AMX)"
     elif device_type == "cpu":
-        dtype = torch.float32  # the one place to choose bf16 on CPUs that have bf16 matrix units
+        dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has bf16 matrix units (AVX512-BF16 or AMX)"
     else:
-        dtype = torch.float32
-    return Precision(dtype, use_scaler=dtype == torch.float16, tf32=ampere_or_newer)
+        dtype, reason = torch.float32, f"fp32: autocast on {device_type} is not used by this course"
+    if dtype == torch.float32 and ampere_or_newer:
+        reason += ", with TF32 matmuls"
+    return Precision(dtype, use_scaler=dtype == torch.float16, tf32=ampere_or_newer, reason=reason)
 
 
-def resolve_dtype(device_type: str, requested: str = "auto") -> torch.dtype:
-    """The autocast dtype ``precision_plan`` chooses: bf16 or fp16 on GPUs, fp32 on CPUs."""
-    return precision_plan(device_type, requested).dtype
+def resolve_dtype(device_type: str, requested: str = "auto", width: int | None = None) -> torch.dtype:
+    """The autocast dtype ``precision_plan`` chooses."""
+    return precision_plan(device_type, requested, width).dtype
 
 
 def autocast(device_type: str, dtype: torch.dtype) -> AbstractContextManager:
@@ -226,6 +248,10 @@ def default_peak_flops(device_type: str, dtype: torch.dtype) -> float | None:
 
 
 # --- evaluation ---------------------------------------------------------------------------
+
+def _short_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
 
 def _progress_bar(**kwargs):
     from tqdm.auto import tqdm
@@ -263,6 +289,17 @@ def estimate_loss(model: nn.Module, sources: dict[str, BatchSource], eval_iters:
     return out
 
 
+def _windows(tokens: torch.Tensor, block_size: int, batch_size: int):
+    """Batches of consecutive, non-overlapping windows over ``tokens``: (inputs, targets), each (b, block_size)."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    n_windows = (len(tokens) - 1) // block_size
+    starts = torch.arange(n_windows) * block_size
+    offsets = torch.arange(block_size)
+    for i in range(0, n_windows, batch_size):
+        ix = starts[i : i + batch_size, None] + offsets
+        yield tokens[ix], tokens[ix + 1]
+
+
 @torch.no_grad()
 def evaluate_full(model: nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 32,
                   device: str | torch.device = "cpu") -> float:
@@ -273,17 +310,12 @@ def evaluate_full(model: nn.Module, tokens: torch.Tensor, block_size: int, batch
     was_training = model.training
     model.eval()
     tokens = torch.as_tensor(tokens, dtype=torch.long)
-    n_windows = (len(tokens) - 1) // block_size
     total, count = 0.0, 0
-    starts = torch.arange(n_windows) * block_size
-    offsets = torch.arange(block_size)
-    for i in range(0, n_windows, batch_size):
-        ix = starts[i : i + batch_size, None] + offsets
-        x, y = tokens[ix].to(device), tokens[ix + 1].to(device)
-        _, loss = model(x, y)
+    for x, y in _windows(tokens, block_size, batch_size):
+        _, loss = model(x.to(device), y.to(device))
         total += loss.item() * y.numel()
         count += y.numel()
-    tail = len(tokens) - 1 - n_windows * block_size  # positions left after the last full window
+    tail = (len(tokens) - 1) % block_size  # positions left after the last full window
     if tail > 0:
         x = tokens[-tail - 1 : -1][None].to(device)
         y = tokens[-tail:][None].to(device)
@@ -292,6 +324,27 @@ def evaluate_full(model: nn.Module, tokens: torch.Tensor, block_size: int, batch
         count += tail
     model.train(was_training)
     return total / count
+
+
+@torch.no_grad()
+def loss_by_position(model: nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 32,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
+    """Mean loss at each position 0 .. block_size-1 of the windows ``evaluate_full`` scores.
+
+    Position t is predicted from t + 1 characters of context, so the curve shows what the
+    context is worth, and why the first positions of every window weigh on the full-split loss.
+    Returns a (block_size,) tensor.
+    """
+    was_training = model.training
+    model.eval()
+    total, windows = torch.zeros(block_size), 0
+    for x, y in _windows(tokens, block_size, batch_size):
+        logits, _ = model(x.to(device))
+        losses = F.cross_entropy(logits.transpose(1, 2).float(), y.to(device), reduction="none")  # (b, T)
+        total += losses.sum(0).cpu()
+        windows += len(y)
+    model.train(was_training)
+    return total / windows
 
 
 # --- history and errors -------------------------------------------------------------------
@@ -628,8 +681,9 @@ class RunSetup:
     peak_flops: float | None          # for MFU
 
 
-def set_up(cfg: TrainConfig) -> RunSetup:
-    """Pick the device, join the torchrun process group, choose the precision, seed the RNG.
+def set_up(cfg: TrainConfig, width: int | None = None) -> RunSetup:
+    """Pick the device, join the torchrun process group, choose the precision (for a model
+    ``width`` wide, see ``precision_plan``), seed the RNG.
 
     This changes process-wide state, on purpose and only here:
     - under torchrun, it joins the process group (``train`` leaves it again if it joined);
@@ -645,7 +699,7 @@ def set_up(cfg: TrainConfig) -> RunSetup:
                          "could stop them at different steps; use max_iters")
     if device_type == "cuda" and dist_info.world_size > 1:
         device = f"cuda:{dist_info.local_rank}"
-    precision = precision_plan(device_type, cfg.dtype)
+    precision = precision_plan(device_type, cfg.dtype, width)
     if precision.tf32:  # fp32 matmuls on TF32 tensor cores (10-bit mantissa), as GPUs train since Ampere
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -816,7 +870,8 @@ def train(
     that step and raises ``TrainingInterrupted``. See ``set_up`` for the global state it sets.
     """
     cfg = config
-    setup = set_up(cfg)                                   # device, precision, seed, process group
+    width = getattr(getattr(model, "config", None), "n_embd", None)
+    setup = set_up(cfg, width)                            # device, precision, seed, process group
     raw_model = model.to(setup.device)                    # the weights (``model`` may get wrapped)
     optimizer = configure_adamw(raw_model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                 setup.device_type)
@@ -831,7 +886,7 @@ def train(
     trained_s = sum(row["ms"] for row in history.steps) / 1000  # the clock a time budget runs on
     show = progress and setup.dist.is_master
     bar = _progress_bar(total=cfg.max_iters if cfg.time_budget_s is None else None, initial=start,
-                        disable=not show, desc="training", unit="it")
+                        disable=not show, desc=f"training ({_short_name(setup.precision.dtype)})", unit="it")
     postfix: dict[str, str] = {}
     it = start
     try:

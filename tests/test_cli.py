@@ -1,6 +1,8 @@
 """The command line: the main job end to end, and one-line errors for bad input and Ctrl-C."""
 from __future__ import annotations
 
+import json
+
 import re
 import shlex
 import shutil
@@ -101,9 +103,15 @@ def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp
     assert status == 0, err
     lines = stdout.splitlines()
     assert "CPU-sized preset 'shakespeare-char-cpu'" in lines[0]
-    assert lines[1] == "plan: shakespeare-char-cpu on cpu, trained on tinyshakespeare"
+    # The first line of the plan says the precision, and why (the same words on every CPU for this width).
+    assert lines[1] == ("plan: shakespeare-char-cpu on cpu, trained on tinyshakespeare, "
+                        "fp32: on a CPU, bf16 autocast pays from 256 wide and this model is 128 wide")
     assert "2: 1,536 tokens" in stdout and stdout.index("plan:") < stdout.index("training shakespeare-char-cpu")
     assert (out / "ckpt.pt").exists() and (out / "summary.json").exists()
+    # The summary scores the whole validation split, once, and says what it cost.
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"val_loss_full", "full_eval_time_s", "train_time_s", "eval_time_s"} <= summary.keys()
+    assert f"validation loss on the full split: {summary['val_loss_full']:.4f}" in stdout
     status, _, err = run_main(capsys, "train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out), "--resume")
     assert status == 0, err  # nothing left to do, but a valid resume
     # More steps would change the schedule the checkpoint was trained with: refused, on one line.

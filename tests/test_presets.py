@@ -107,7 +107,7 @@ def test_plan_for_a_time_budget_says_the_clock_decides():
     numbers = plan_run(PRESETS["shakespeare-char-cpu"], "cpu")
     assert numbers.train_flop is None and numbers.evaluations is None and numbers.seconds is None
     plan = describe_plan(PRESETS["shakespeare-char-cpu"], "cpu")
-    assert "600 s of training by the clock" in plan and "12 x 64 = 768 tokens per step" in plan
+    assert "600 s of training by the clock" in plan and "6 x 128 = 768 tokens per step" in plan
     assert "600 s plus evaluations" in plan and "steps     " not in plan
 
 

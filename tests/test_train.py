@@ -26,6 +26,7 @@ from nanogpt.train import (
     eval_batches,
     evaluate_full,
     load_checkpoint,
+    loss_by_position,
     lr_at,
     precision_plan,
     resolve_dtype,
@@ -127,6 +128,20 @@ def test_evaluate_full_counts_every_position_once():
     tokens = TOKENS[:1_003]
     expected = F.cross_entropy(model(tokens[None, :-1])[0][0], tokens[1:]).item()
     assert evaluate_full(model, tokens, block_size=7, batch_size=5) == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_by_position_splits_the_full_split_loss_by_context():
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    tokens = TOKENS[: 16 * 20 + 1]  # 20 whole windows, no tail
+    curve = loss_by_position(model, tokens, block_size=16, batch_size=6)
+    assert curve.shape == (16,)
+    assert curve.mean().item() == pytest.approx(evaluate_full(model, tokens, block_size=16), rel=1e-5)
+    # By hand: the loss at position 3 of every window.
+    x = tokens[:-1].view(20, 16)
+    y = tokens[1:].view(20, 16)
+    logits, _ = model(x)
+    assert curve[3].item() == pytest.approx(F.cross_entropy(logits[:, 3], y[:, 3]).item(), rel=1e-5)
 
 
 def test_time_budget_stops_on_time_and_ends_the_schedule():
@@ -395,12 +410,12 @@ def _pretend_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
 def test_precision_plan_on_gpus(monkeypatch, name, capability, expected, peak):
     _pretend_gpu(monkeypatch, name, capability)
     plan = precision_plan("cuda")
-    assert plan == expected
+    assert plan[:3] == expected[:3] and plan.reason  # dtype, scaler, TF32; and a reason to print
     assert resolve_dtype("cuda") == expected.dtype
     assert default_peak_flops("cuda", plan.dtype) == peak
     # An explicit dtype wins; fp16 always comes with the scaler; TF32 follows the GPU.
-    assert precision_plan("cuda", "float16") == Precision(torch.float16, True, expected.tf32)
-    assert precision_plan("cuda", "float32") == Precision(torch.float32, False, expected.tf32)
+    assert precision_plan("cuda", "float16")[:3] == (torch.float16, True, expected.tf32)
+    assert precision_plan("cuda", "float32")[:3] == (torch.float32, False, expected.tf32)
     # set_up applies the plan: the scaler, the TF32 switches and the MFU peak.
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -409,15 +424,62 @@ def test_precision_plan_on_gpus(monkeypatch, name, capability, expected, peak):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (expected.tf32,) * 2
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    assert setup.precision == expected
+    assert setup.precision == plan
     assert setup.scaler.is_enabled() == expected.use_scaler
     assert setup.peak_flops == peak
 
 
-def test_precision_plan_on_cpu():
-    assert precision_plan("cpu") == Precision(torch.float32, use_scaler=False, tf32=False)
-    assert precision_plan("cpu", "bfloat16") == Precision(torch.bfloat16, use_scaler=False, tf32=False)
-    assert precision_plan("cpu", "float16").use_scaler
+@pytest.mark.parametrize("native, width, expected", [
+    (True, 384, torch.bfloat16),   # bf16 units and a model wide enough to use them
+    (True, None, torch.bfloat16),  # width unknown: the units decide
+    (True, 128, torch.float32),    # too narrow: casts and bf16 attention cost more than the matmuls save
+    (False, 384, torch.float32),   # no bf16 units: bf16 would be emulated, slowly
+    (False, 128, torch.float32),
+])
+def test_precision_plan_on_cpu(monkeypatch, native, width, expected):
+    import nanogpt.train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    plan = precision_plan("cpu", width=width)
+    assert (plan.dtype, plan.use_scaler, plan.tf32) == (expected, False, False)
+    assert plan.reason.startswith("bf16" if expected == torch.bfloat16 else "fp32")
+    assert resolve_dtype("cpu", "auto", width) == expected
+    assert set_up(TrainConfig(device="cpu"), width).precision == plan
+    # An explicit dtype wins on every CPU.
+    assert precision_plan("cpu", "float32", width).dtype == torch.float32
+    assert precision_plan("cpu", "bfloat16", width).dtype == torch.bfloat16
+    assert precision_plan("cpu", "float16", width).use_scaler
+
+
+def test_a_narrow_model_plans_the_same_words_on_every_cpu(monkeypatch):
+    import nanogpt.train as T
+
+    said = set()
+    for native in (True, False):
+        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+        said.add(precision_plan("cpu", width=128).reason)
+    assert len(said) == 1  # a chapter's printed plan must not depend on the reader's CPU
+
+
+@pytest.mark.slow
+def test_bf16_training_matches_fp32_within_a_hundredth():
+    # The same seeds, data and steps in fp32 and with bf16 autocast, scored on the whole
+    # validation split in fp32: bf16's rounding must not cost the model its loss.
+    from nanogpt.presets import prepare_char_data
+
+    data = prepare_char_data()
+    config = GPTConfig(block_size=32, vocab_size=data.tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=64)
+    val = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = GPT(config)
+        cfg = TrainConfig(max_iters=1000, batch_size=16, learning_rate=3e-3, warmup_iters=20, eval_interval=1000,
+                          eval_iters=1, device="cpu", dtype=dtype)
+        train(model, RandomBatches(data.train, 16, 32, seed=3), {"val": RandomBatches(data.val, 16, 32, seed=2)},
+              cfg, progress=False)
+        val[dtype] = evaluate_full(model, data.val[:20_000], 32)
+    assert val["float32"] < 2.2  # past the bigram plateau (2.5), where small differences decide when it escapes
+    assert abs(val["bfloat16"] - val["float32"]) < 0.01, val
 
 
 # --- evaluation in proportion -------------------------------------------------------------
