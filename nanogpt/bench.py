@@ -1,15 +1,18 @@
 """``python -m nanogpt bench``: how fast the course's models run on this machine.
 
 Measured in one process, in one run: matmul throughput (the yardstick), training step time,
-tokens/s and MFU against that yardstick, the naive ``Head``-based model against the fused GPT
-(``attention.naive_twin``: the same function and weights; alternating steps, medians), peak memory of a training step, and generation with and
-without the key/value cache. The machine may be shared and noisy: A and B are alternated,
-every figure is a median, and the thread count is pinned and reported.
+tokens/s and MFU against that yardstick, in fp32 and, where the hardware multiplies bf16
+natively, with bf16 autocast; the naive ``Head``-based model against the fused GPT
+(``attention.naive_twin``: the same function and weights); peak memory of a training step
+and where it goes; generation with and without the key/value cache. The machine may be
+shared and noisy: the variants' steps are alternated, every figure is a median, and the
+thread count is pinned and reported.
 """
 from __future__ import annotations
 
 import json
 import statistics
+from collections import defaultdict
 import subprocess
 import sys
 import time
@@ -22,7 +25,7 @@ from .compute import measure_matmul_flops
 from .model import GPT, GPTConfig
 from .presets import PRESETS
 from .runtime import describe_hardware, pick_device
-from .train import autocast, configure_adamw, resolve_dtype
+from .train import autocast, configure_adamw, cpu_has_native_bf16, resolve_dtype
 
 
 def _sync(device: str) -> None:
@@ -86,36 +89,127 @@ def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str
     return new_tokens / (time.perf_counter() - t0), out
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory, in GiB.
+
+    On Linux it is ``VmHWM`` from ``/proc/self/status``: the high-water mark of this process's
+    own memory. ``getrusage``'s ``ru_maxrss`` is not: a child started by fork and exec
+    inherits the parent's peak there, so a probe run from a large process reports the
+    parent's memory. Elsewhere ``ru_maxrss`` is the best there is (bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
 _MEMORY_PROBE = """
-import json, resource, sys, torch
-from nanogpt.bench import make_step
+import json, sys, torch
+from nanogpt.bench import make_step, peak_rss_gib
 from nanogpt.model import GPT, GPTConfig
 cfg = json.loads(sys.argv[1]); torch.set_num_threads(int(sys.argv[2]))
-B = int(sys.argv[3])
+B, dtype = int(sys.argv[3]), getattr(torch, sys.argv[4])
 torch.manual_seed(0)
 model = GPT(GPTConfig(**cfg))
 x = torch.randint(0, cfg["vocab_size"], (B, cfg["block_size"]))
-step = make_step(model, (x, x), "cpu")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step = make_step(model, (x, x), "cpu", dtype)
 for _ in range(2):
     step()
-print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "before_kib": before}))
+print(json.dumps({"peak_gib": peak_rss_gib()}))
 """
 
 
-def step_peak_memory_gib(config: GPTConfig, batch_size: int, device: str, threads: int) -> float:
+def step_peak_memory_gib(config: GPTConfig, batch_size: int, device: str, threads: int,
+                         dtype: torch.dtype = torch.float32) -> float:
     """Peak memory of training steps: CUDA's allocator peak, or on a CPU the peak resident
     size of a fresh process that builds the model and runs two steps (model, optimizer
-    state, activations and the torch runtime together)."""
+    state, activations and the torch runtime together; ``peak_rss_gib``)."""
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         model = GPT(config).to(device)
         x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
-        make_step(model, (x, x), device, resolve_dtype("cuda"))()
+        make_step(model, (x, x), device, dtype)()
         return torch.cuda.max_memory_allocated() / 2**30
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(config.to_dict()), str(threads),
-                          str(batch_size)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)["peak_rss_kib"] / 2**20
+                          str(batch_size), str(dtype).replace("torch.", "")],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["peak_gib"]
+
+
+# What each kind of module keeps for the backward pass, in words.
+SAVED_BY = {
+    "Linear": "Linear inputs (for the weight gradients)",
+    "GELU": "GELU inputs",
+    "LayerNorm": "LayerNorm inputs and statistics",
+    "Dropout": "dropout masks",
+    "CausalSelfAttention": "attention q, k, v, output",
+    "Embedding": "token and position ids",
+    "GPT": "logits and cross-entropy",
+}
+
+
+def step_memory_breakdown(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str,
+                          dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Where a training step's memory goes, in GiB: the weights, their gradients, AdamW's two
+    moments, and every tensor autograd saves for the backward pass, by the module that saved
+    it (``SAVED_BY``). Each storage is counted once, for the first module that saves it;
+    under autocast the bf16 copies of the weights are counted apart. What is left of a
+    measured peak is the torch runtime, the allocator, and the backward pass's temporaries."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    running: list[torch.nn.Module] = [model]  # the innermost module running now is last
+    counted: set[int] = set()
+    saved: dict[str, int] = defaultdict(int)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in weights or key in counted:
+            return t
+        counted.add(key)
+        module = running[-1]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and t.shape == weight.shape and t.dtype != weight.dtype:
+            label = "low-precision copies of the weights (autocast)"
+        else:
+            label = SAVED_BY.get(type(module).__name__, type(module).__name__)
+        saved[label] += storage.nbytes()
+        return t
+
+    def enter(module: torch.nn.Module, args) -> None:
+        running.append(module)
+
+    def leave(module: torch.nn.Module, args, output) -> None:
+        running.pop()
+
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    x, y = batch
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(torch.device(device).type, dtype):
+            _, loss = model(x, y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    del loss
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    gib = {"weights": weight_bytes, "gradients": weight_bytes, "AdamW moments": 2 * weight_bytes}
+    gib.update(sorted(saved.items(), key=lambda kv: -kv[1]))
+    gib = {k: v / 2**30 for k, v in gib.items()}
+    gib["total"] = sum(gib.values())
+    return gib
+
+
+def has_native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: bf16 tensor cores (compute
+    capability 8.0+) on a GPU, AVX512-BF16 or AMX on a CPU (``train.cpu_has_native_bf16``)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return torch.device(device).type == "cpu" and cpu_has_native_bf16()
 
 
 def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps: int = 5,
@@ -123,7 +217,9 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
                   config: GPTConfig | None = None, log=print) -> dict:
     """All the figures, as one dictionary (what ``--json`` prints).
 
-    ``config`` replaces the preset's model (the tests use a tiny one).
+    Training steps run in fp32 (fused and naive attention) and, where the hardware has
+    native bf16, with bf16 autocast, alternated in one process. ``config`` replaces the
+    preset's model (the tests use a tiny one).
     """
     if config is None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -133,44 +229,66 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     threads = torch.get_num_threads()
     config = config or PRESETS[preset].model
     device_type = torch.device(device).type
-    dtype = resolve_dtype(device_type)
+    bf16 = has_native_bf16(device)
     result: dict = {"preset": preset, "device": device, "hardware": describe_hardware(device),
-                    "torch": torch.__version__, "threads": threads, "dtype": str(dtype).replace("torch.", ""),
+                    "torch": torch.__version__, "threads": threads,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16,
+                    "dtype_auto": str(resolve_dtype(device_type, "auto", config.n_embd)).replace("torch.", ""),
                     "batch_size": batch_size, "block_size": config.block_size, "dropout": config.dropout}
 
     log(f"matmul throughput on {device} ({threads} threads)...")
-    result["matmul_gflops"] = measure_matmul_flops(n=2048, dtype=torch.float32, device=device) / 1e9
-    log(f"  {result['matmul_gflops']:.1f} GFLOP/s fp32")
-    if device_type == "cuda":
-        result["matmul_gflops_bf16"] = measure_matmul_flops(n=8192, dtype=torch.bfloat16, device=device) / 1e9
-    peak = (result["matmul_gflops_bf16"] if dtype == torch.bfloat16 else result["matmul_gflops"]) * 1e9
+    n = 8192 if device_type == "cuda" else 2048
+    result["matmul_gflops"] = measure_matmul_flops(n=n, dtype=torch.float32, device=device) / 1e9
+    if bf16:
+        result["matmul_gflops_bf16"] = measure_matmul_flops(n=n, dtype=torch.bfloat16, device=device) / 1e9
+        result["matmul_bf16_speedup"] = result["matmul_gflops_bf16"] / result["matmul_gflops"]
+    log(f"  {result['matmul_gflops']:.1f} GFLOP/s fp32"
+        + (f", {result['matmul_gflops_bf16']:.1f} bf16 ({result['matmul_bf16_speedup']:.2f}x)" if bf16 else
+           ", no native bf16: bf16 not measured"))
 
     torch.manual_seed(0)
     fused = GPT(config).to(device)
     naive = naive_twin(fused)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
     y = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
-    log(f"training steps, fused vs naive attention, {steps} rounds...")
-    times = alternate({"fused": make_step(fused, (x, y), device, dtype),
-                       "naive": make_step(naive, (x, y), device, dtype)}, repeats=steps)
-    fused_s, naive_s = statistics.median(times["fused"]), statistics.median(times["naive"])
+    variants = {"fused": make_step(fused, (x, y), device), "naive": make_step(naive, (x, y), device)}
+    if bf16:
+        variants["fused_bf16"] = make_step(fused, (x, y), device, torch.bfloat16)
+    log(f"training steps ({', '.join(variants)}), alternated, {steps} rounds...")
+    times = alternate(variants, repeats=steps)
+    median = {name: statistics.median(t) for name, t in times.items()}
     tokens = batch_size * config.block_size
+    flops_per_step = fused.flops_per_token() * tokens
     result.update({
-        "train_ms_per_iter": fused_s * 1000,
-        "train_tokens_per_s": tokens / fused_s,
-        "mfu": fused.flops_per_token() * tokens / fused_s / peak,
-        "naive_ms_per_iter": naive_s * 1000,
-        "fused_speedup_vs_naive": naive_s / fused_s,
+        "train_ms_per_iter": median["fused"] * 1000,
+        "train_tokens_per_s": tokens / median["fused"],
+        "mfu": flops_per_step / median["fused"] / (result["matmul_gflops"] * 1e9),
+        "naive_ms_per_iter": median["naive"] * 1000,
+        "fused_speedup_vs_naive": median["naive"] / median["fused"],
         "train_step_times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
         "flops_per_token": fused.flops_per_token(),
         "parameters": fused.num_params(),
     })
-    del naive
-    log(f"  fused {fused_s * 1000:.0f} ms/iter (MFU {result['mfu']:.1%}), naive {naive_s * 1000:.0f} ms/iter "
-        f"({result['fused_speedup_vs_naive']:.2f}x)")
-    log("peak memory of a training step...")
+    log(f"  fp32 {median['fused'] * 1000:.0f} ms/iter (MFU {result['mfu']:.1%}), naive heads "
+        f"{median['naive'] * 1000:.0f} ms/iter ({result['fused_speedup_vs_naive']:.2f}x slower)")
+    if bf16:
+        result.update({
+            "train_ms_per_iter_bf16": median["fused_bf16"] * 1000,
+            "train_tokens_per_s_bf16": tokens / median["fused_bf16"],
+            "mfu_bf16": flops_per_step / median["fused_bf16"] / (result["matmul_gflops_bf16"] * 1e9),
+            "bf16_speedup": median["fused"] / median["fused_bf16"],
+        })
+        log(f"  bf16 autocast {median['fused_bf16'] * 1000:.0f} ms/iter ({result['bf16_speedup']:.2f}x fp32)")
+    del naive, variants
+
+    log("peak memory of a training step (a fresh process, two steps)...")
     result["step_peak_mem_gib"] = step_peak_memory_gib(config, batch_size, device, threads)
-    log(f"  {result['step_peak_mem_gib']:.2f} GiB")
+    result["step_memory_breakdown_gib"] = step_memory_breakdown(fused, (x, y), device)
+    if bf16:
+        result["step_peak_mem_gib_bf16"] = step_peak_memory_gib(config, batch_size, device, threads, torch.bfloat16)
+        result["step_memory_breakdown_gib_bf16"] = step_memory_breakdown(fused, (x, y), device, torch.bfloat16)
+    log(f"  {result['step_peak_mem_gib']:.2f} GiB fp32"
+        + (f", {result['step_peak_mem_gib_bf16']:.2f} GiB bf16" if bf16 else ""))
 
     log(f"generation of {new_tokens} tokens with and without the KV cache...")
     cached, uncached = [], []
@@ -199,12 +317,15 @@ def save_result(result: dict) -> Path | None:
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["tokens_per_s"] = metrics.pop("train_tokens_per_s")
     metrics["gen_same_tokens"] = result["gen_same_tokens"]
+    metrics["bf16_native"] = result["bf16_native"]
     return write_result(f"bench-{result['preset']}-{result['device']}", {
         "title": f"python -m nanogpt bench: {result['preset']} training step, generation, memory",
         "kind": "benchmark",
         "model": f"GPT {result['parameters']:,} parameters, batch {result['batch_size']} x {result['block_size']}, "
                  f"dropout {result['dropout']}",
         "hardware": result["hardware"], "device": result["device"], "torch": result["torch"],
+        "cpu_capability": result["cpu_capability"], "dtype_auto": result["dtype_auto"],
+        "step_memory_breakdown_gib": {k: v for k, v in result.items() if k.startswith("step_memory_breakdown")},
         "command": f"python -m nanogpt bench --preset {result['preset']} --threads {result['threads']} --save",
         "metrics": metrics,
     })
@@ -219,13 +340,23 @@ def main(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"\n{result['hardware']}, {result['threads']} threads, {result['dtype']}")
-    print(f"matmul throughput      {result['matmul_gflops']:.1f} GFLOP/s (fp32)")
-    print(f"training               {result['train_ms_per_iter']:.0f} ms/iter, "
+    print(f"\n{result['hardware']}, {result['threads']} threads, torch CPU kernels: {result['cpu_capability']}")
+    bf16 = result["bf16_native"]
+    print(f"matmul throughput      {result['matmul_gflops']:.1f} GFLOP/s fp32"
+          + (f", {result['matmul_gflops_bf16']:.1f} bf16 ({result['matmul_bf16_speedup']:.2f}x)" if bf16
+             else ", no native bf16"))
+    print(f"training, fp32         {result['train_ms_per_iter']:.0f} ms/iter, "
           f"{result['train_tokens_per_s']:.0f} tokens/s, MFU {result['mfu']:.1%}")
+    if bf16:
+        print(f"training, bf16         {result['train_ms_per_iter_bf16']:.0f} ms/iter, "
+              f"{result['train_tokens_per_s_bf16']:.0f} tokens/s, {result['bf16_speedup']:.2f}x fp32")
+    print(f"dtype=\"auto\" picks    {result['dtype_auto']} for this model")
     print(f"fused vs naive heads   {result['fused_speedup_vs_naive']:.2f}x "
-          f"({result['naive_ms_per_iter']:.0f} ms/iter naive)")
-    print(f"step peak memory       {result['step_peak_mem_gib']:.2f} GiB")
+          f"({result['naive_ms_per_iter']:.0f} ms/iter naive, fp32)")
+    print(f"step peak memory       {result['step_peak_mem_gib']:.2f} GiB fp32"
+          + (f", {result['step_peak_mem_gib_bf16']:.2f} GiB bf16" if bf16 else "") + "; counted (fp32):")
+    for part, gib in result["step_memory_breakdown_gib"].items():
+        print(f"  {part:<46} {gib:5.2f} GiB")
     print(f"generation             {result['gen_tokens_per_s_cached']:.0f} tokens/s cached, "
           f"{result['gen_tokens_per_s_uncached']:.0f} uncached "
           f"({result['gen_cache_speedup']:.1f}x, same tokens: {result['gen_same_tokens']})")

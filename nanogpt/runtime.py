@@ -64,4 +64,7 @@ def describe_hardware(device: str = "cpu") -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     cpu = _cpuinfo(("model name",)) or "CPU"
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    flags = cpu_flags()
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16 units"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} ({bf16}, torch's {kernels} kernels), {torch.get_num_threads()} threads (torch {torch.__version__})"

@@ -7,13 +7,18 @@ import statistics
 
 import pytest
 
-from nanogpt.bench import run_benchmark, save_result
+import torch
+
+from nanogpt.bench import run_benchmark, save_result, step_memory_breakdown, step_peak_memory_gib
 from nanogpt.course import load_results
-from nanogpt.model import GPTConfig
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.train import cpu_has_native_bf16
 
 KEYS = ("matmul_gflops", "train_ms_per_iter", "train_tokens_per_s", "mfu", "fused_speedup_vs_naive",
-        "step_peak_mem_gib", "gen_tokens_per_s_cached", "gen_tokens_per_s_uncached", "device", "torch",
-        "threads")
+        "step_peak_mem_gib", "step_memory_breakdown_gib", "gen_tokens_per_s_cached", "gen_tokens_per_s_uncached",
+        "device", "torch", "threads", "cpu_capability", "bf16_native", "dtype_auto")
+BF16_KEYS = ("matmul_gflops_bf16", "train_ms_per_iter_bf16", "train_tokens_per_s_bf16", "mfu_bf16", "bf16_speedup",
+             "step_peak_mem_gib_bf16", "step_memory_breakdown_gib_bf16")
 L, C, V, T, B = 2, 32, 65, 32, 4
 
 
@@ -32,6 +37,37 @@ def test_benchmark_reports_every_figure(result):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["gen_same_tokens"] is True
     assert result["threads"] == 1 and result["device"] == "cpu"
+    assert result["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert result["dtype_auto"] == "float32"  # 32 wide: too narrow for bf16 on any CPU
+
+
+def test_bf16_is_measured_beside_fp32_exactly_where_the_cpu_has_it(result):
+    assert result["bf16_native"] is cpu_has_native_bf16()
+    if not result["bf16_native"]:
+        assert not any(key in result for key in BF16_KEYS)
+        return
+    for key in BF16_KEYS:
+        assert key in result, key
+    bf16 = statistics.median(result["train_step_times_s"]["fused_bf16"])
+    fp32 = statistics.median(result["train_step_times_s"]["fused"])
+    assert math.isclose(result["bf16_speedup"], fp32 / bf16, rel_tol=0.05)
+    assert math.isclose(result["matmul_bf16_speedup"], result["matmul_gflops_bf16"] / result["matmul_gflops"])
+
+
+def test_memory_breakdown_counts_what_the_model_saves():
+    # Counted by hand for a model without dropout: per block, the GELU keeps its (B, T, 4C)
+    # input; the weights, their gradients and AdamW's two moments are four copies of the parameters.
+    config = GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=C, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(config)
+    x = torch.randint(0, V, (B, T))
+    parts = step_memory_breakdown(model, (x, x), "cpu")
+    gib = 2**30
+    assert parts["GELU inputs"] == pytest.approx(L * B * T * 4 * C * 4 / gib)
+    assert parts["weights"] == parts["gradients"] == pytest.approx(model.num_params() * 4 / gib)
+    assert parts["AdamW moments"] == pytest.approx(2 * parts["weights"])
+    assert "dropout masks" not in parts
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
 def test_figures_agree_with_an_independent_count(result):
@@ -58,4 +94,17 @@ def test_saved_record_is_one_the_results_page_accepts(result, tmp_path, monkeypa
     save_result(result)
     valid, skipped = load_results(tmp_path)
     assert skipped == [] and len(valid) == 1
-    assert valid[0][1]["metrics"]["mfu"] == result["mfu"]
+    record = valid[0][1]
+    assert record["metrics"]["mfu"] == result["mfu"]
+    assert record["cpu_capability"] == result["cpu_capability"] and record["hardware"] == result["hardware"]
+    assert record["metrics"]["bf16_native"] is result["bf16_native"]
+
+
+def test_step_peak_memory_is_the_probe_s_own_not_its_parent_s():
+    # A child started by fork and exec inherits its parent's ru_maxrss; the probe must not
+    # report the memory of the process that launched it (here: a 1.5 GiB tensor).
+    ballast = torch.ones(3 * 2**27)  # 1.5 GiB, every page touched
+    config = GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=C)
+    peak = step_peak_memory_gib(config, B, "cpu", threads=1)
+    assert 0.05 < peak < 1.0, peak  # the torch runtime and a tiny model, not the ballast
+    del ballast
