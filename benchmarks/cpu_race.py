@@ -17,13 +17,14 @@ import torch
 
 from nanogpt.model import GPTConfig
 from nanogpt.presets import PRESETS, RunPreset, prepare_char_data, train_preset
-from nanogpt.train import TrainConfig, evaluate_full
+from nanogpt.train import TrainConfig, evaluate_full, resolve_dtype
 
 
 def candidate(args) -> RunPreset:
     model = GPTConfig(block_size=args.block, vocab_size=65, n_layer=args.n_layer, n_head=args.n_head,
                       n_embd=args.n_embd, dropout=args.dropout)
-    train = TrainConfig(max_iters=None, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=args.lr / 10,
+    min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
+    train = TrainConfig(max_iters=None, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=min_lr,
                         warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
                         eval_interval=10**9, eval_iters=1, device="cpu",
                         dtype=args.dtype)
@@ -40,13 +41,15 @@ def main() -> None:
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr", type=float, default=None, help="where the cosine ends (default: lr / 10)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 autocast (fast on CPUs with AMX)")
+    p.add_argument("--dtype", default="auto", help="auto (nanogpt.train.precision_plan), float32 or bfloat16")
     p.add_argument("--preset", default=None, help="score a named preset as it is instead")
     p.add_argument("--label", default=None, help="name of the candidate in the sweep table")
+    p.add_argument("--out", default=None, help="folder for the trained model's checkpoint (ckpt.pt)")
     p.add_argument("--save", action="store_true", help="write the result as the record cpu-race-<label>.json (nanogpt.course.results_dir())")
     args = p.parse_args()
     if args.from_json:  # record a run whose JSON line was kept
@@ -60,19 +63,20 @@ def main() -> None:
     data = prepare_char_data()
     preset = PRESETS[args.preset] if args.preset else candidate(args)
     t0 = time.perf_counter()
-    model, history, _ = train_preset(preset, progress=False, data=data)
+    model, history, _ = train_preset(preset, progress=False, data=data, out_dir=args.out)
     train_s = sum(row["ms"] for row in history.steps) / 1000
     iters = len(history.steps)
     val = evaluate_full(model, data.val, preset.model.block_size)  # in fp32
     m, t = preset.model, preset.train
     summary = {"label": args.label or args.preset or "candidate",
                "config": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block": m.block_size,
-                          "batch": t.batch_size, "lr": t.learning_rate, "warmup": t.warmup_iters,
+                          "batch": t.batch_size, "lr": t.learning_rate, "min_lr": t.min_lr, "warmup": t.warmup_iters,
                           "dropout": m.dropout, "weight_decay": t.weight_decay, "threads": args.threads,
                           "dtype": t.dtype},
                "budget_s": args.budget, "iters": iters, "params": model.num_params(),
                "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
-               "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4)}
+               "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4),
+               "trained_in": str(resolve_dtype("cpu", t.dtype, m.n_embd)).replace("torch.", "")}
     print(json.dumps(summary))
     if args.save:
         save(summary)
@@ -97,7 +101,8 @@ def save(summary: dict) -> None:
                     "train_time_s": summary["train_s"], "iterations": summary["iters"],
                     "final_train_loss": summary["final_train_loss"], "batch_size": c["batch"],
                     "learning_rate": c["lr"], "dropout": c["dropout"], "threads": c["threads"],
-                    "autocast": c.get("dtype", "float32"),
+                    "autocast": summary.get("trained_in", c.get("dtype", "float32")),
+                    "steps_per_s": round(summary["iters"] / summary["train_s"], 2),
                     "tokens_per_s": round(summary["iters"] * c["batch"] * c["block"] / summary["train_s"], 1)},
     })
     print(f"record written to {path}" if path else "no record written: quick mode (NANOGPT_QUICK)")

@@ -1,0 +1,93 @@
+"""Does bf16 autocast cost a CPU-trained model its loss? The same run twice, fp32 and bf16.
+
+Trains the course's full Shakespeare model (6 layers, 384 wide, context 256) from the same
+seed on the same batches, once in fp32 and once with bf16 autocast, and scores both on the
+whole validation split (in fp32) at the same steps. The claim ``dtype="auto"`` rests on: the
+two curves stay within 0.01 of each other. A smaller version of this check is a unit test
+(``tests/test_train.py``); this is the figure at full model size, with its timing.
+
+    python benchmarks/bf16_parity.py --steps 300 --batch 16 --save
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from nanogpt.data import RandomBatches
+from nanogpt.model import GPT
+from nanogpt.presets import PRESETS, prepare_char_data
+from nanogpt.runtime import describe_hardware
+from nanogpt.train import TrainConfig, evaluate_full, train
+
+
+def run(dtype: str, steps: int, batch_size: int, score_every: int, data) -> dict:
+    """Train one copy; return its full-split validation loss at every ``score_every`` steps."""
+    preset = PRESETS["shakespeare-char"]
+    config = preset.model
+    torch.manual_seed(0)
+    model = GPT(config)
+    cfg = TrainConfig(max_iters=steps, batch_size=batch_size, learning_rate=preset.train.learning_rate,
+                      min_lr=preset.train.min_lr, warmup_iters=steps // 10, lr_decay_iters=steps,
+                      weight_decay=preset.train.weight_decay, beta2=preset.train.beta2,
+                      eval_interval=score_every, eval_iters=1, device="cpu", dtype=dtype)
+    curve: dict[int, float] = {}
+
+    def score(it: int, losses: dict) -> None:  # after each scheduled evaluation: the whole split
+        curve[it] = evaluate_full(model, data.val, config.block_size)
+
+    t0 = time.perf_counter()
+    history = train(model, RandomBatches(data.train, batch_size, config.block_size, seed=3),
+                    {"val": RandomBatches(data.val, batch_size, config.block_size, seed=2)},
+                    cfg, progress=False, on_eval=score)
+    ms = sorted(row["ms"] for row in history.steps)[len(history.steps) // 2]
+    return {"val_full": curve, "median_step_ms": round(ms, 1), "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--score-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save", action="store_true", help="write the record bf16-parity.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = prepare_char_data()
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        runs[dtype] = run(dtype, args.steps, args.batch, args.score_every, data)
+        print(dtype, json.dumps(runs[dtype]), flush=True)
+    fp32, bf16 = runs["float32"], runs["bfloat16"]
+    gaps = {it: bf16["val_full"][it] - fp32["val_full"][it] for it in fp32["val_full"]}
+    worst = max(abs(g) for g in gaps.values())
+    print(f"largest |bf16 - fp32| on the full validation split: {worst:.4f} "
+          f"({'within' if worst <= 0.01 else 'outside'} 0.01); "
+          f"step {fp32['median_step_ms']:.0f} ms fp32, {bf16['median_step_ms']:.0f} ms bf16")
+    if args.save:
+        from nanogpt.course import write_result
+
+        path = write_result("bf16-parity", {
+            "title": "bf16 autocast vs fp32 training on a CPU: same seed, same batches, full-split val loss",
+            "kind": "training",
+            "model": f"GPT 6x384, context 256 (the shakespeare-char model), batch {args.batch}, {args.steps} steps",
+            "hardware": describe_hardware("cpu"), "device": "cpu", "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "command": f"python benchmarks/bf16_parity.py --steps {args.steps} --batch {args.batch} "
+                       f"--score-every {args.score_every} --threads {args.threads} --save",
+            "metrics": {"val_loss": round(bf16["val_full"][args.steps], 4),
+                        "val_loss_fp32": round(fp32["val_full"][args.steps], 4),
+                        "max_abs_gap": round(worst, 4),
+                        "step_ms_fp32": fp32["median_step_ms"], "step_ms_bf16": bf16["median_step_ms"],
+                        "bf16_speedup": round(fp32["median_step_ms"] / bf16["median_step_ms"], 3),
+                        "threads": args.threads},
+            "curves": {"steps": sorted(gaps), "fp32": [round(fp32["val_full"][i], 4) for i in sorted(gaps)],
+                       "bf16": [round(bf16["val_full"][i], 4) for i in sorted(gaps)]},
+        })
+        print(f"record written to {path}" if path else "no record written: quick mode (NANOGPT_QUICK)")
+
+
+if __name__ == "__main__":
+    main()
