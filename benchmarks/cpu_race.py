@@ -64,7 +64,7 @@ def main() -> None:
     preset = PRESETS[args.preset] if args.preset else candidate(args)
     t0 = time.perf_counter()
     model, history, _ = train_preset(preset, progress=False, data=data, out_dir=args.out)
-    train_s = sum(row["ms"] for row in history.steps) / 1000
+    train_s = history.train_seconds
     iters = len(history.steps)
     val = evaluate_full(model, data.val, preset.model.block_size)  # in fp32
     m, t = preset.model, preset.train

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                           f"{resume_command(args, out_dir)}") from None
     wall = time.perf_counter() - t0
     final = history.evals[-1]
-    trained_s = sum(row["ms"] for row in history.steps) / 1000
+    trained_s = history.train_seconds
     print(f"done in {wall:.0f} s ({trained_s:.0f} s of training steps, {history.eval_seconds:.0f} s of loss estimates): "
           f"train loss {final['train']:.4f}, val loss {final['val']:.4f} (estimates from random batches)")
     print(f"scoring the whole validation split ({len(data.val):,} characters)...", flush=True)

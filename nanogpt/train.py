@@ -360,6 +360,11 @@ class History:
     def column(self, key: str, table: str = "steps") -> list:
         return [row[key] for row in getattr(self, table)]
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in training steps: the clock a time budget runs on (evaluations not counted)."""
+        return sum(row["ms"] for row in self.steps) / 1000
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -883,7 +888,7 @@ def train(
     x, y = batch if batch is not None else next_batch(train_batches, setup.device)
     tokens_per_step = x.numel() * cfg.grad_accum_steps * setup.dist.world_size
     flops_per_token = raw_model.flops_per_token(x.shape[1]) if hasattr(raw_model, "flops_per_token") else None
-    trained_s = sum(row["ms"] for row in history.steps) / 1000  # the clock a time budget runs on
+    trained_s = history.train_seconds  # the clock a time budget runs on
     show = progress and setup.dist.is_master
     bar = _progress_bar(total=cfg.max_iters if cfg.time_budget_s is None else None, initial=start,
                         disable=not show, desc=f"training ({_short_name(setup.precision.dtype)})", unit="it")
