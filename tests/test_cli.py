@@ -134,7 +134,7 @@ def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0) -> tup
     with open(log, "w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
         deadline = time.monotonic() + 120
-        while "training:" not in log.read_text():  # the progress bar: train() is in its loop
+        while "training (fp32):" not in log.read_text():  # the progress bar: train() is in its loop
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.1)
