@@ -17,10 +17,11 @@ import statistics
 
 import torch
 
-from nanogpt.bench import alternate, has_native_bf16, make_step
+from nanogpt.bench import alternate, make_step
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import PRESETS
 from nanogpt.runtime import describe_hardware
+from nanogpt.train import has_native_bf16
 
 # (label, model, batch size): widths at one shape, then the course's two character presets.
 SHAPES = [(f"{w} wide", GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=w), 16)

@@ -25,7 +25,7 @@ from .compute import measure_matmul_flops
 from .model import GPT, GPTConfig
 from .presets import PRESETS
 from .runtime import describe_hardware, pick_device
-from .train import autocast, configure_adamw, cpu_has_native_bf16, resolve_dtype
+from .train import autocast, configure_adamw, has_native_bf16, resolve_dtype
 
 
 def _sync(device: str) -> None:
@@ -202,14 +202,6 @@ def step_memory_breakdown(model: torch.nn.Module, batch: tuple[torch.Tensor, tor
     gib = {k: v / 2**30 for k, v in gib.items()}
     gib["total"] = sum(gib.values())
     return gib
-
-
-def has_native_bf16(device: str) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: bf16 tensor cores (compute
-    capability 8.0+) on a GPU, AVX512-BF16 or AMX on a CPU (``train.cpu_has_native_bf16``)."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    return torch.device(device).type == "cpu" and cpu_has_native_bf16()
 
 
 def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps: int = 5,

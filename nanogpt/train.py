@@ -181,6 +181,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def has_native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: bf16 tensor cores (compute
+    capability 8.0+: A100, H100, RTX 30/40) on a GPU, AVX512-BF16 or AMX on a CPU."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return device_type == "cpu" and cpu_has_native_bf16()
+
+
 def precision_plan(device_type: str, requested: str = "auto", width: int | None = None) -> Precision:
     """The precision to train a model ``width`` wide (its ``n_embd``) with on ``device_type``.
 
@@ -194,7 +203,7 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
     - any other CPU, and MPS: fp32.
     An explicit ``requested`` dtype wins; fp16 always gets the scaler.
     """
-    ampere_or_newer = device_type == "cuda" and torch.cuda.get_device_capability() >= (8, 0)
+    ampere_or_newer = device_type == "cuda" and has_native_bf16("cuda")
     if requested != "auto":
         dtype, reason = getattr(torch, requested), f"{requested} as requested"
     elif device_type == "cuda":
