@@ -97,7 +97,8 @@ def test_resume_into_a_folder_holding_another_model_size(capsys, tmp_path, check
     one_line_error(err)
 
 
-def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp_path):
+def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto picks the CPU, also on a GPU machine
     out = tmp_path / "run"
     status, stdout, err = run_main(capsys, "train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out))
     assert status == 0, err

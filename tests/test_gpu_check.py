@@ -25,28 +25,57 @@ def gpu_check(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=120, env=environ)
 
 
-def test_dry_run_lists_the_four_steps_within_nine_minutes(tmp_path):
+def test_dry_run_lists_the_five_steps_within_nine_minutes(tmp_path):
     done = gpu_check("--dry-run", "--logs", str(tmp_path / "logs"), NANOGPT_QUICK="1")
     assert done.returncode == 0, done.stderr
     steps = re.findall(r"^  step (\w+) \(timeout (\d+) s\): (.+)$", done.stdout, re.M)
-    assert [name for name, _, _ in steps] == ["train", "bench", "chapter06", "chapter07"]
+    assert [name for name, _, _ in steps] == ["tests", "bench", "train", "chapter06", "chapter07"]
     commands = {name: shlex.split(cmd) for name, _, cmd in steps}
-    for name in ("train", "bench"):  # valid command lines for python -m nanogpt, on the GPU
-        words = commands[name]
+    tests = commands["tests"]
+    assert tests[:3] == [sys.executable, "-m", "pytest"] and tests[-1] == "tests"
+    assert tests[tests.index("-m", 3) + 1] == "not slow and not book"  # one argument, quoted
+    bench = commands["bench"]
+    assert bench[:3] == [sys.executable, "-m", "nanogpt"]
+    args = build_parser().parse_args(bench[3:])
+    assert args.device == "cuda" and args.save
+    train, sample = " ".join(commands["train"]).split(" && ")
+    for words in (train.split(), sample.split()):  # valid command lines for python -m nanogpt, on the GPU
         assert words[:3] == [sys.executable, "-m", "nanogpt"]
-        args = build_parser().parse_args(words[3:])
-        assert args.device == "cuda"
-    train = build_parser().parse_args(commands["train"][3:])
-    assert train.preset == "shakespeare-char" and train.max_iters is None and train.preset in PRESETS  # full size
-    assert build_parser().parse_args(commands["bench"][3:]).save
+        assert build_parser().parse_args(words[3:]).device == "cuda"
+    assert build_parser().parse_args(train.split()[3:]).preset in PRESETS
     for name, notebook in (("chapter06", "06_shakespeare_run"), ("chapter07", "07_gpu_training")):
-        words = commands[name]
-        assert words[1:4] == ["-m", "jupyter", "nbconvert"] and "--execute" in words and "--inplace" in words
-        assert (ROOT / words[-1]) == ROOT / "chapters" / f"{notebook}.ipynb" and (ROOT / words[-1]).exists()
+        words = commands[name]  # a lone copy, executed elsewhere; the chapter in the repository is left as it is
+        assert words[1].endswith("benchmarks/execute_notebook.py") and Path(words[1]).exists()
+        assert Path(words[2]) == Path("chapters") / f"{notebook}.ipynb" and (ROOT / words[2]).exists()
+        assert Path(words[3]) == tmp_path / "logs" / f"{notebook}.ipynb"
     assert "NANOGPT_QUICK unset" in done.stdout  # real outputs, not the CI budget
+    assert f"records in {tmp_path / 'logs' / 'records'}" in done.stdout  # not in the package
     budget = int(re.search(r"total time allowed (\d+) s", done.stdout).group(1))
     assert budget <= NINE_MINUTES and sum(int(limit) for _, limit, _ in steps) <= NINE_MINUTES
     assert not (tmp_path / "logs").exists()  # a dry run writes nothing
+
+
+def test_only_runs_the_named_steps_and_refuses_unknown_ones(tmp_path):
+    done = gpu_check("--dry-run", "--only", "chapter07,bench")
+    assert re.findall(r"^  step (\w+)", done.stdout, re.M) == ["bench", "chapter07"]  # the script's order
+    done = gpu_check("--dry-run", "--only", "bench,nope")
+    assert done.returncode == 2 and "unknown step 'nope'" in done.stderr
+
+
+def test_execute_notebook_runs_a_lone_copy_in_an_empty_folder(tmp_path):
+    import nbformat
+
+    source = tmp_path / "src" / "probe.ipynb"
+    source.parent.mkdir()
+    (source.parent / "beside.txt").write_text("not visible from the run")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os, nanogpt\nprint(sorted(os.listdir('.')), nanogpt.__name__)")]), source)
+    out = tmp_path / "out" / "probe.ipynb"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "execute_notebook.py"), str(source), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"] == "[] nanogpt\n"
+    assert "outputs" not in source.read_text() or '"outputs": []' in source.read_text()  # left as it was
 
 
 def test_dry_run_uses_the_shared_data_folder_when_there_is_one():

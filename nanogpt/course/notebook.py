@@ -22,6 +22,7 @@ def glue(name: str, value, display: bool = True) -> None:
     """
     try:
         from myst_nb import glue as myst_glue
-    except ImportError:
+
+        myst_glue(name, value, display=display)
+    except ImportError:  # no myst-nb, or one without its own needs (docutils)
         return
-    myst_glue(name, value, display=display)
