@@ -94,14 +94,15 @@ class MultiHeadAttention(nn.Module):
 def naive_twin(model: GPT) -> GPT:
     """A copy of ``model`` whose blocks use the video's ``MultiHeadAttention``, same weights.
 
-    The heads drop out no attention probabilities (``attn_dropout=0``), so the twin computes
-    the same function as ``model`` in training as well as in evaluation; only the speed of
-    the attention differs. The KV cache needs the fused form, so the twin generates without it.
+    The heads drop out attention probabilities as ``model`` does (``config.attn_dropout``), so
+    the twin computes the same function in evaluation, and in training too when that is 0;
+    only the speed of the attention differs. The KV cache needs the fused form, so the twin generates without it.
     """
     cfg = model.config
     twin = copy.deepcopy(model)
     for block in twin.transformer.h:
         fused = block.attn
-        heads = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.block_size, cfg.dropout, cfg.bias, attn_dropout=0.0)
+        heads = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.block_size, cfg.dropout, cfg.bias,
+                                   attn_dropout=cfg.attn_dropout)
         block.attn = heads.to(fused.c_attn.weight.device).load_from_fused(fused)
     return twin

@@ -28,6 +28,7 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0       # on embeddings, attention output and MLP output
     bias: bool = True          # biases in Linear layers and LayerNorms, as GPT-2
+    attn_dropout: float = 0.0  # on attention probabilities, as nanoGPT (a GPU's fused kernel does it; a CPU's does not)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -38,8 +39,9 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def head_size(self) -> int:
@@ -104,17 +106,19 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q/k/v projection.
 
-    Attention probabilities are not dropped out: on a CPU, ``scaled_dot_product_attention``
-    with ``dropout_p > 0`` leaves its fast fused kernel for the slow math path, which
-    materialises every (T, T) matrix. Regularisation comes from dropout on the output
-    projection (and, in the model, on embeddings and the MLP), which keeps the fast path.
+    ``dropout`` applies to the output projection. ``attn_dropout`` drops attention
+    probabilities in training, as nanoGPT does. It is off by default: on a CPU,
+    ``scaled_dot_product_attention`` with ``dropout_p > 0`` leaves its fast fused kernel for the
+    slow math path, which materialises every (T, T) matrix; a GPU's flash kernel drops out
+    inside the kernel, at little cost.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 attn_dropout: float = 0.0):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_embd, self.n_head = n_embd, n_head
+        self.n_embd, self.n_head, self.attn_dropout = n_embd, n_head, attn_dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -133,7 +137,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x)  # each (B, nh, T, hs)
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            p = self.attn_dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             past = cache.length
             k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
@@ -171,7 +176,7 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         if attn is None:
-            attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+            attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias, config.attn_dropout)
         self.attn = attn
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)

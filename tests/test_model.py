@@ -217,3 +217,24 @@ def test_attention_maps_are_causal_distributions():
     assert maps.shape == (2, 2, 10, 10)
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 10))
     assert torch.all(maps.triu(diagonal=1) == 0)
+
+
+def test_attention_dropout_acts_in_training_only_and_the_twin_keeps_it():
+    from nanogpt.attention import naive_twin
+
+    with pytest.raises(ValueError, match="attn_dropout"):
+        GPTConfig(attn_dropout=1.0)
+    torch.manual_seed(0)
+    plain = GPT(TINY)
+    dropped = GPT(GPTConfig(**{**TINY.to_dict(), "attn_dropout": 0.5}))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 37, (2, 16))
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(idx)[0], plain(idx)[0])  # evaluation: no dropout, the same function
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped(idx)[0]
+    torch.manual_seed(2)
+    assert not torch.allclose(first, dropped(idx)[0])  # training: attention probabilities dropped at random
+    twin = naive_twin(dropped)
+    assert all(head.dropout.p == 0.5 for head in twin.transformer.h[0].attn.heads)
