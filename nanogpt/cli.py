@@ -99,7 +99,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise Interrupted(f"interrupted by {stop.signal_name} at step {stop.iter}: {kept}; resume with: "
                           f"{resume_command(args, out_dir)}") from None
     wall = time.perf_counter() - t0
-    final = history.evals[-1]
+    final, best = history.evals[-1], history.best_eval
+    kept_best = preset.train.keep_best and best is not None and best is not final
+    if kept_best:
+        print(f"kept the weights of step {best['iter']:,} (val estimate {best['val']:.4f}, the lowest; "
+              f"{out_dir / 'best.pt'}); the last step's state is in {out_dir / 'ckpt.pt'}")
     trained_s = history.train_seconds
     print(f"done in {wall:.0f} s ({trained_s:.0f} s of training steps, {history.eval_seconds:.0f} s of loss estimates): "
           f"train loss {final['train']:.4f}, val loss {final['val']:.4f} (estimates from random batches)")
@@ -107,15 +111,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     t_full = time.perf_counter()
     val_full = evaluate_full(model, data.val, preset.model.block_size, device=device)
     full_s = time.perf_counter() - t_full
-    print(f"validation loss on the full split: {val_full:.4f} ({full_s:.1f} s)")
+    kept = f" (the weights of step {best['iter']:,})" if kept_best else ""
+    print(f"validation loss on the full split{kept}: {val_full:.4f} ({full_s:.1f} s)")
     summary = {"preset": preset.name, "device": device, "parameters": model.num_params(),
                "iterations": history.steps[-1]["iter"] + 1 if history.steps else 0,
                "wall_time_s": round(wall + full_s, 1), "train_time_s": round(trained_s, 1),
                "eval_time_s": round(history.eval_seconds, 1), "train_loss": round(final["train"], 4),
                "val_loss": round(final["val"], 4), "val_loss_full": round(val_full, 4),
-               "full_eval_time_s": round(full_s, 1)}
+               "full_eval_time_s": round(full_s, 1),
+               "kept_step": (best if kept_best else final)["iter"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"sample with: python -m nanogpt sample --checkpoint {out_dir}")
+    print(f"sample with: python -m nanogpt sample --checkpoint {out_dir / 'best.pt' if kept_best else out_dir}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -38,7 +38,8 @@ PRESETS: dict[str, RunPreset] = {
         name="shakespeare-char",
         model=GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
         train=TrainConfig(max_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
-                          lr_decay_iters=5000, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=200),
+                          lr_decay_iters=5000, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=200,
+                          keep_best=True),
         description="6 layers, 6 heads, 384 wide, context 256, dropout 0.2 (GPU-sized)",
     ),
     # Sized for a CPU: nanoGPT's suggested CPU model (4 layers, 128 wide), trained for ten minutes
@@ -213,6 +214,9 @@ def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
               f"{plan.train_flop:.3g} FLOP",
               f"  evaluate  {plan.evaluations} times x {plan.eval_batches} batches x {EVAL_SPLITS} splits: "
               f"{plan.eval_flop:.3g} FLOP ({plan.eval_flop / max(plan.train_flop, 1):.0%} of training)"]
+    if cfg.keep_best:
+        lines.append("  keeps     the weights of the lowest val estimate (best.pt): this corpus is overfitted "
+                     "before the schedule ends")
     if plan.seconds is not None:
         lines.append(f"  estimate  about {_duration(plan.seconds)} on {plan.gpu}, at an assumed "
                      f"{plan.assumed_mfu:.0%} MFU of its {plan.peak_flops / 1e12:,.0f} TFLOP/s data-sheet peak")

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 1337
     peak_flops: float | None = None  # for MFU; None: a known GPU's data-sheet peak, else no MFU
     time_budget_s: float | None = None  # train for this many seconds (max_iters, if set, still caps)
+    keep_best: bool = False          # end with the weights of the lowest val estimate (saved as best.pt), as nanoGPT
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
@@ -89,7 +90,7 @@ class TrainConfig:
 # max_iters may grow as long as the schedule stays: the cosine ends at lr_decay_iters (which
 # defaults to max_iters, so set it explicitly in a run you mean to extend).
 MAY_CHANGE_ON_RESUME = frozenset({"max_iters", "eval_interval", "eval_iters", "device", "dtype", "compile",
-                                  "peak_flops"})
+                                  "peak_flops", "keep_best"})
 
 
 def lr_at(it: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
@@ -374,6 +375,12 @@ class History:
         """Seconds spent in training steps: the clock a time budget runs on (evaluations not counted)."""
         return sum(row["ms"] for row in self.steps) / 1000
 
+    @property
+    def best_eval(self) -> dict | None:
+        """The evaluation with the lowest validation estimate (None without a ``val`` source)."""
+        with_val = [e for e in self.evals if "val" in e]
+        return min(with_val, key=lambda e: e["val"]) if with_val else None
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -505,6 +512,7 @@ def _gather_to_master(obj, dist_info: DistInfo) -> list | None:
 # --- checkpoints --------------------------------------------------------------------------
 
 CHECKPOINT_NAME = "ckpt.pt"
+BEST_CHECKPOINT_NAME = "best.pt"  # TrainConfig.keep_best: the run at its lowest val estimate
 # What a checkpoint holds. Everything is a tensor, a number, a string, None, or a list or dict
 # of those, so that ``torch.load(..., weights_only=True)`` reads it without running any code.
 MODEL_KEYS = ("model", "model_spec")
@@ -861,6 +869,21 @@ def _evaluation_due(it: int, cfg: TrainConfig, trained_s: float, history: Histor
     return (it % cfg.eval_interval == 0 or _finished(it, cfg, trained_s)) and not already_done
 
 
+def _restore_best(model: nn.Module, history: History, weights: dict | None, best_path: Path | None,
+                  device: str) -> None:
+    """Put the weights of ``history.best_eval`` back into ``model`` (keep_best), if the run moved on since."""
+    best = history.best_eval
+    if best is None or best is history.evals[-1]:
+        return
+    if weights is None:  # a resumed run that has not improved since: the best is on disk
+        if best_path is None or not best_path.exists():
+            raise CheckpointError(f"keep_best: the best evaluation (step {best['iter']}) was before this resume "
+                                  f"and {best_path or 'no best.pt'} is not there to restore it from")
+        weights = read_checkpoint(best_path, MODEL_KEYS)["model"]
+    _load_weights(model, weights, best_path or Path("best weights"))
+    model.to(device)
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 def train(
@@ -880,6 +903,9 @@ def train(
     Evaluates at every ``eval_interval`` steps and at the end; with ``out_dir`` each
     evaluation also writes a checkpoint there. ``resume`` continues from that checkpoint
     exactly (same batches, same dropout masks, same losses as an uninterrupted run).
+    ``cfg.keep_best``: a small corpus is overfitted long before the schedule ends, so the
+    model ends with the weights of the lowest validation estimate (``history.best_eval``),
+    also written to ``best.pt``; ``ckpt.pt`` still holds the last step, to resume from.
     SIGINT (Ctrl-C) or SIGTERM stops the run after the current step, writes a checkpoint of
     that step and raises ``TrainingInterrupted``. See ``set_up`` for the global state it sets.
     """
@@ -890,6 +916,8 @@ def train(
     optimizer = configure_adamw(raw_model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                 setup.device_type)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    best_path = Path(out_dir) / BEST_CHECKPOINT_NAME if out_dir is not None else None
+    best_weights = None  # a CPU copy of the weights at the best evaluation (keep_best)
     start, history, batch = 0, History(), None
     if resume:
         start, history, batch = restore(ckpt_path, raw_model, optimizer, train_batches, cfg, setup)
@@ -913,6 +941,10 @@ def train(
                     bar.set_postfix(postfix)
                     save_training_state(ckpt_path, it, raw_model, optimizer, history, (x, y), train_batches,
                                         cfg, setup, tokenizer)
+                    if cfg.keep_best and _any_rank(history.best_eval is history.evals[-1], setup.dist, setup.device):
+                        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
+                        save_training_state(best_path, it, raw_model, optimizer, history, (x, y), train_batches,
+                                            cfg, setup, tokenizer)
                     if on_eval is not None and setup.dist.is_master:
                         on_eval(it, losses)
                 if stopping:  # Ctrl-C or SIGTERM during the last step: save this step, then stop
@@ -944,6 +976,8 @@ def train(
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 it += 1
+        if cfg.keep_best:
+            _restore_best(raw_model, history, best_weights, best_path, setup.device)
     finally:
         bar.close()
         if setup.dist.initialized_here:

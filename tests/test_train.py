@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -551,3 +552,50 @@ def test_cpu_has_native_bf16_reads_capability_and_flags(monkeypatch, capability,
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(T, "cpu_flags", lambda: flags)
     assert T.cpu_has_native_bf16() is native
+
+
+# --- keep_best: end with the weights of the lowest validation estimate --------------------
+
+MEMORISE = torch.randint(0, 37, (400,), generator=torch.Generator().manual_seed(5))  # noise: nothing to generalise
+UNSEEN = torch.randint(0, 37, (400,), generator=torch.Generator().manual_seed(6))
+
+
+def overfit(max_iters: int, out_dir=None, resume=False, **overrides):
+    """A model that can only memorise: its val estimate is lowest at the start and worsens."""
+    evals = {"train": RandomBatches(MEMORISE, 4, 16, seed=1), "val": RandomBatches(UNSEEN, 4, 16, seed=2)}
+    torch.manual_seed(0)
+    model = GPT(replace(TINY, dropout=0.0))
+    cfg = TrainConfig(max_iters=max_iters, batch_size=4, learning_rate=1e-2, warmup_iters=1, lr_decay_iters=40,
+                      eval_interval=10, eval_iters=4, device="cpu", **overrides)
+    history = train(model, RandomBatches(MEMORISE, 4, 16, seed=3), evals, cfg, out_dir=out_dir, resume=resume,
+                    progress=False)
+    return model, history
+
+
+def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_keep_best_ends_with_the_best_weights_and_saves_them(tmp_path):
+    last, _ = overfit(40, tmp_path / "last")
+    model, history = overfit(40, tmp_path / "best", keep_best=True)
+    best = history.best_eval
+    assert history.evals[-1]["val"] > best["val"] and best["iter"] < 40  # the run overfitted past its best
+    saved, _, state = load_checkpoint(tmp_path / "best" / "best.pt")
+    assert state["iter"] == best["iter"] and weights_equal(model, saved)
+    assert load_checkpoint(tmp_path / "best")[2]["iter"] == 40  # ckpt.pt: the last step, to resume from
+    assert weights_equal(last, load_checkpoint(tmp_path / "best")[0])  # training itself is unchanged
+    assert not weights_equal(model, last)
+    assert not (tmp_path / "last" / "best.pt").exists()  # without keep_best: no best.pt, the last weights
+
+
+def test_keep_best_after_a_resume_restores_the_best_from_disk(tmp_path):
+    straight, _ = overfit(40, keep_best=True)
+    overfit(20, tmp_path, keep_best=True)  # the best (step 0) is before the resume
+    resumed, history = overfit(40, tmp_path, resume=True, keep_best=True)
+    assert history.best_eval["iter"] < 20 and weights_equal(resumed, straight)
+
+
+def test_best_eval_is_none_without_a_val_source():
+    _, history = run(3, evals={"train": RandomBatches(TOKENS, 4, 16, seed=1)}, keep_best=True)
+    assert history.best_eval is None  # and nothing to restore: the run ends as it is
