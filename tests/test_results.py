@@ -119,3 +119,29 @@ def test_write_result_goes_where_nanogpt_results_dir_says(tmp_path):
     out = write_from_a_copy(tmp_path, "site-packages", env={"NANOGPT_RESULTS_DIR": str(chosen)})
     assert Path(out["path"]) == chosen / "mine.json" and Path(out["path"]).is_file()
     assert not (out["work"] / "nanogpt-results").exists()
+
+
+def test_gpu_variant_study_saves_a_record_of_a_run_stopped_early(tmp_path, monkeypatch):
+    """benchmarks/shakespeare_gpu_variants.py --records-from: estimates of a cut-short run become a valid record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "variants", Path(__file__).resolve().parents[1] / "benchmarks" / "shakespeare_gpu_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "preset.json").write_text(json.dumps({
+        "variant": "preset", "label": "as the preset", "change": {}, "device": "cuda", "hardware": "a GPU",
+        "torch": "2.x", "eval_iters": 50, "stopped_at": 260,
+        "evals": [{"iter": 0, "train": 4.3, "val": 4.3}, {"iter": 125, "train": 1.5, "val": 1.6},
+                  {"iter": 250, "train": 1.1, "val": 1.7}]}))
+    monkeypatch.setenv("NANOGPT_RESULTS_DIR", str(tmp_path / "records"))
+    monkeypatch.delenv("NANOGPT_QUICK", raising=False)
+    assert variants.main(["--records-from", str(runs), "--sharing", "3"]) == 0
+    (name, record), = load_results(tmp_path / "records")[0]
+    assert name == "shakespeare-char-variant-preset.json" and record["device"] == "cuda"
+    assert record["metrics"] == {"best_val_estimate": 1.6, "best_val_iter": 125, "last_eval_iter": 250,
+                                 "last_val_estimate": 1.7, "last_train_estimate": 1.1, "eval_iters": 50,
+                                 "runs_sharing_the_gpu": 3, "stopped_at_step": 260}
+    assert "val_loss" not in record["metrics"]  # no full-split score for a run that never finished
