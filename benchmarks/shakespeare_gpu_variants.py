@@ -29,7 +29,7 @@ import torch
 from nanogpt import pick_device
 from nanogpt.presets import PRESETS, prepare_char_data, train_preset
 from nanogpt.runtime import describe_hardware
-from nanogpt.train import TrainingInterrupted, evaluate_full
+from nanogpt.train import History, TrainingInterrupted, evaluate_full
 
 VARIANTS = {
     "preset": ("as the preset", {}),
@@ -76,7 +76,7 @@ def save_record(result: dict, sharing: int = 1) -> Path | None:
     """The results page's record of one variant (also of one stopped early, from its estimates)."""
     from nanogpt.course import write_result
 
-    best = min(result["evals"], key=lambda e: e["val"])
+    best = History(evals=result["evals"]).best_eval
     last = result["evals"][-1]
     metrics = {"best_val_estimate": best["val"], "best_val_iter": best["iter"], "last_eval_iter": last["iter"],
                "last_val_estimate": last["val"], "last_train_estimate": last["train"],
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         r = run_variant(name, args.out, args.eval_iters, device, args.max_iters)
         saved = save_record(r, args.sharing)
-        best = min(r["evals"], key=lambda e: e["val"])
+        best = History(evals=r["evals"]).best_eval
         ended = (f"val (full split) {r['val_loss_full']:.4f}, train {r['train_loss_full']:.4f}, {r['wall_time_s']:.0f} s"
                  if "val_loss_full" in r else f"stopped at step {r['stopped_at']:,}")
         print(f"{name:13s} {ended}; best estimate {best['val']:.4f} at step {best['iter']:,}; record {saved}",

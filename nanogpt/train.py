@@ -869,8 +869,7 @@ def _evaluation_due(it: int, cfg: TrainConfig, trained_s: float, history: Histor
     return (it % cfg.eval_interval == 0 or _finished(it, cfg, trained_s)) and not already_done
 
 
-def _restore_best(model: nn.Module, history: History, weights: dict | None, best_path: Path | None,
-                  device: str) -> None:
+def _restore_best(model: nn.Module, history: History, weights: dict | None, best_path: Path | None) -> None:
     """Put the weights of ``history.best_eval`` back into ``model`` (keep_best), if the run moved on since."""
     best = history.best_eval
     if best is None or best is history.evals[-1]:
@@ -880,8 +879,7 @@ def _restore_best(model: nn.Module, history: History, weights: dict | None, best
             raise CheckpointError(f"keep_best: the best evaluation (step {best['iter']}) was before this resume "
                                   f"and {best_path or 'no best.pt'} is not there to restore it from")
         weights = read_checkpoint(best_path, MODEL_KEYS)["model"]
-    _load_weights(model, weights, best_path or Path("best weights"))
-    model.to(device)
+    _load_weights(model, weights, best_path or Path("best weights"))  # copied into the model's own tensors
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -977,7 +975,7 @@ def train(
                 bar.update(1)
                 it += 1
         if cfg.keep_best:
-            _restore_best(raw_model, history, best_weights, best_path, setup.device)
+            _restore_best(raw_model, history, best_weights, best_path)
     finally:
         bar.close()
         if setup.dist.initialized_here:
