@@ -22,13 +22,19 @@ from nanogpt.train import TrainConfig, evaluate_full, resolve_dtype
 
 def candidate(args) -> RunPreset:
     model = GPTConfig(block_size=args.block, vocab_size=65, n_layer=args.n_layer, n_head=args.n_head,
-                      n_embd=args.n_embd, dropout=args.dropout)
+                      n_embd=args.n_embd, dropout=args.dropout, bias=args.bias, gelu=args.gelu)
     min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     train = TrainConfig(max_iters=None, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=min_lr,
                         warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
                         eval_interval=10**9, eval_iters=1, device="cpu",
                         dtype=args.dtype)
     return RunPreset("candidate", model, train, "sweep candidate")
+
+
+def _true_or_false(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return text == "True"
 
 
 def main() -> None:
@@ -44,6 +50,8 @@ def main() -> None:
     p.add_argument("--min-lr", type=float, default=None, help="where the cosine ends (default: lr / 10)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--bias", type=_true_or_false, default=True, help="biases in Linears and LayerNorms: True or False")
+    p.add_argument("--gelu", choices=["tanh", "exact"], default="tanh")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="auto", help="auto (nanogpt.train.precision_plan), float32 or bfloat16")
@@ -71,7 +79,7 @@ def main() -> None:
     summary = {"label": args.label or args.preset or "candidate",
                "config": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block": m.block_size,
                           "batch": t.batch_size, "lr": t.learning_rate, "min_lr": t.min_lr, "warmup": t.warmup_iters,
-                          "dropout": m.dropout, "weight_decay": t.weight_decay, "threads": args.threads,
+                          "dropout": m.dropout, "bias": m.bias, "gelu": m.gelu, "weight_decay": t.weight_decay, "threads": args.threads,
                           "dtype": t.dtype},
                "budget_s": args.budget, "iters": iters, "params": model.num_params(),
                "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
@@ -93,7 +101,8 @@ def save(summary: dict) -> None:
         "title": f"10-minute CPU race: {summary['label']}",
         "kind": "training",
         "model": f"GPT {c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, context {c['block']}, "
-                 f"{summary['params']:,} params",
+                 f"{summary['params']:,} params" + ("" if c.get("bias", True) else ", no biases")
+                 + (", exact GELU" if c.get("gelu") == "exact" else ""),
         "hardware": describe_hardware("cpu"), "device": "cpu", "torch": torch.__version__,
         "command": "python benchmarks/cpu_race.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in c.items()) + f" --budget {summary['budget_s']:g}",

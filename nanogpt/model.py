@@ -29,6 +29,7 @@ class GPTConfig:
     dropout: float = 0.0       # on embeddings, attention output and MLP output
     bias: bool = True          # biases in Linear layers and LayerNorms, as GPT-2
     attn_dropout: float = 0.0  # on attention probabilities, as nanoGPT (a GPU's fused kernel does it; a CPU's does not)
+    gelu: str = "tanh"         # "tanh": GPT-2's approximation; "exact": erf, as nanoGPT (faster on CPUs)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -42,6 +43,8 @@ class GPTConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.gelu not in ("tanh", "exact"):
+            raise ValueError(f'GPTConfig.gelu must be "tanh" or "exact", got {self.gelu!r}')
 
     @property
     def head_size(self) -> int:
@@ -103,6 +106,23 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout``, with a faster mask on a CPU: keep where ``torch.rand(...) >= p``.
+
+    Training zeroes each element with probability ``p`` and scales the rest by 1 / (1 - p),
+    as ``nn.Dropout``. On a CPU, ``F.dropout`` draws its mask with ``bernoulli_``, about 2.5x
+    slower than ``torch.rand``: it took a fifth of a bf16 training step of the 10.8M model.
+    The mask kept for the backward pass is a bool, 1 byte an element instead of 4. On a GPU
+    this is ``nn.Dropout`` (a fused kernel).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand(x.shape) >= self.p  # same shape as x, bool: True with probability 1 - p
+        return x.mul(keep).mul_(1.0 / (1.0 - self.p))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q/k/v projection.
 
@@ -121,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd, self.n_head, self.attn_dropout = n_embd, n_head, attn_dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of (B, T, C) inputs, each (B, nh, T, hs)."""
@@ -152,14 +172,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: expand 4x, GELU (tanh form, as GPT-2), project back."""
+    """Position-wise feed-forward: expand 4x, GELU, project back.
+
+    GELU in GPT-2's tanh form by default, so GPT-2's weights give GPT-2's outputs;
+    ``config.gelu = "exact"`` (erf, as nanoGPT) is a third faster on CPUs, whose erf is vectorised.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
@@ -199,7 +223,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
             wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))

@@ -238,3 +238,43 @@ def test_attention_dropout_acts_in_training_only_and_the_twin_keeps_it():
     assert not torch.allclose(first, dropped(idx)[0])  # training: attention probabilities dropped at random
     twin = naive_twin(dropped)
     assert all(head.dropout.p == 0.5 for head in twin.transformer.h[0].attn.heads)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_p_and_scales_it():
+    from nanogpt.model import Dropout
+
+    drop = Dropout(0.25).train()
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)  # the gradient flows where the mask kept
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the mask comes from torch's generator: seeded runs repeat
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_dropout_saves_a_bool_mask_for_backward():
+    from nanogpt.model import Dropout
+
+    saved = []
+    x = torch.randn(64, 64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        Dropout(0.2).train()(x)
+    assert [t.dtype for t in saved] == [torch.bool]  # 1 byte an element; F.dropout keeps x's dtype
+
+
+def test_gelu_choice_is_checked_and_exact_differs_from_tanh():
+    with pytest.raises(ValueError, match="gelu"):
+        GPTConfig(gelu="relu")
+    torch.manual_seed(0)
+    tanh = GPT(TINY).eval()
+    exact = GPT(GPTConfig(**{**TINY.to_dict(), "gelu": "exact"})).eval()
+    exact.load_state_dict(tanh.state_dict())
+    idx = torch.randint(0, 37, (2, 16))
+    a, b = tanh(idx)[0], exact(idx)[0]
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # the two forms agree to about 1e-3
