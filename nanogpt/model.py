@@ -110,10 +110,10 @@ class Dropout(nn.Dropout):
     """``nn.Dropout``, with a faster mask on a CPU: keep where ``torch.rand(...) >= p``.
 
     Training zeroes each element with probability ``p`` and scales the rest by 1 / (1 - p),
-    as ``nn.Dropout``. On a CPU, ``F.dropout`` draws its mask with ``bernoulli_``, about 2.5x
-    slower than ``torch.rand``: it took a fifth of a bf16 training step of the 10.8M model.
-    The mask kept for the backward pass is a bool, 1 byte an element instead of 4. On a GPU
-    this is ``nn.Dropout`` (a fused kernel).
+    as ``nn.Dropout``. On a CPU, ``F.dropout`` draws its mask with ``bernoulli_``, several times
+    slower than ``torch.rand``: a large share of a bf16 training step of the 10.8M model. The
+    mask kept for the backward pass is a bool, 1 byte an element instead of 4. On a GPU this is
+    ``nn.Dropout`` (a fused kernel).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class MLP(nn.Module):
     """Position-wise feed-forward: expand 4x, GELU, project back.
 
     GELU in GPT-2's tanh form by default, so GPT-2's weights give GPT-2's outputs;
-    ``config.gelu = "exact"`` (erf, as nanoGPT) is a third faster on CPUs, whose erf is vectorised.
+    ``config.gelu = "exact"`` (erf, as nanoGPT) costs less on CPUs than the tanh form.
     """
 
     def __init__(self, config: GPTConfig):

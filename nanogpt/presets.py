@@ -47,8 +47,8 @@ PRESETS: dict[str, RunPreset] = {
     # by the clock (the schedule follows the time spent). Chosen by chapter 06's 10-minute race:
     # on a small CPU, many small, fast steps win; at lr 3e-3 a context of 128 (batch 6, the same
     # 768 tokens a step) beat 64 and 256; at context 128, lr 3e-3 beat 1e-3 (at 64 they tied);
-    # ending the cosine at lr / 100 beat lr / 10; nanoGPT's model (no biases, exact GELU) takes 14% less
-    # time a step than GPT-2's and won. At 128 wide it trains in fp32 on every CPU.
+    # ending the cosine at lr / 100 beat lr / 10; nanoGPT's model (no biases, exact GELU), cheaper a
+    # step than GPT-2's, won. At 128 wide it trains in fp32 on every CPU.
     "shakespeare-char-cpu": RunPreset(
         name="shakespeare-char-cpu",
         model=GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
