@@ -2,10 +2,12 @@
 
 A CPU with bf16 matrix units (AVX512-BF16, AMX) multiplies bf16 matrices several times faster
 than fp32, but autocast also casts activations and weights around every matmul, and torch's
-bf16 attention backward is slow for small heads. For a narrow model those costs win. This
-script times full training steps (forward, backward, AdamW) in fp32 and with bf16 autocast,
-alternated in one process, medians of ``--rounds``; its crossover is
-``nanogpt.train.CPU_BF16_MIN_WIDTH``, which ``dtype="auto"`` uses.
+bf16 attention kernel is slow for small heads (``nanogpt.model.attention`` keeps those in fp32).
+For a narrow model those costs win. This script times full training steps (forward, backward,
+AdamW) in fp32, with bf16 autocast as the course runs it, and with bf16 autocast that leaves
+attention in bf16 too, alternated in one process, medians of ``--rounds``. Its crossover is
+``nanogpt.train.CPU_BF16_MIN_WIDTH``, which ``dtype="auto"`` uses; the third column tests
+``nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE``.
 
     python benchmarks/cpu_bf16_widths.py --threads 2 --save
 """
@@ -17,6 +19,7 @@ import statistics
 
 import torch
 
+import nanogpt.model
 from nanogpt.bench import alternate, make_step
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import PRESETS
@@ -25,22 +28,37 @@ from nanogpt.train import has_native_bf16
 
 # (label, model, batch size): widths at one shape, then the course's two character presets.
 SHAPES = [(f"{w} wide", GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=w), 16)
-          for w in (128, 192, 256, 384, 512)] + [
+          for w in (64, 128, 192, 256, 384, 512)] + [
     ("shakespeare-char-cpu", PRESETS["shakespeare-char-cpu"].model, PRESETS["shakespeare-char-cpu"].train.batch_size),
     ("shakespeare-char", PRESETS["shakespeare-char"].model, 16),
 ]
 
 
+def with_bf16_attention(step):
+    """``step`` with every attention in bf16 under autocast, however small (see ``nanogpt.model.attention``)."""
+    def run() -> float:
+        saved, nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE = nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE, 0
+        try:
+            return step()
+        finally:
+            nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE = saved
+    return run
+
+
 def measure(config: GPTConfig, batch_size: int, rounds: int) -> dict:
-    """Median seconds per training step in fp32 and in bf16 autocast, alternated."""
+    """Median seconds per training step in fp32, in bf16 autocast, and in bf16 with bf16 attention, alternated."""
     torch.manual_seed(0)
     model = GPT(config)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
     y = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
-    steps = {"fp32": make_step(model, (x, y), "cpu"), "bf16": make_step(model, (x, y), "cpu", torch.bfloat16)}
+    steps = {"fp32": make_step(model, (x, y), "cpu"), "bf16": make_step(model, (x, y), "cpu", torch.bfloat16),
+             "bf16_attn": with_bf16_attention(make_step(model, (x, y), "cpu", torch.bfloat16))}
     times = alternate(steps, repeats=rounds, warmup=2)
-    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-    return {"fp32_ms": round(fp32 * 1000, 1), "bf16_ms": round(bf16 * 1000, 1), "bf16_speedup": round(fp32 / bf16, 3)}
+    ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {"fp32_ms": round(ms["fp32"], 1), "bf16_ms": round(ms["bf16"], 1),
+            "bf16_attn_bf16_ms": round(ms["bf16_attn"], 1), "bf16_speedup": round(ms["fp32"] / ms["bf16"], 3),
+            "attention_in_fp32": config.block_size * (config.n_embd // config.n_head)
+                                 < nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE}
 
 
 def main() -> None:

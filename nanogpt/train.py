@@ -161,12 +161,13 @@ class Precision(NamedTuple):
     reason: str = ""
 
 
-# On a CPU, bf16 autocast pays only where the matrices are big enough to keep the bf16 units
-# busy; below this width the casts around every op and the slow bf16 attention backward
-# cost more than the faster matmuls save. ``benchmarks/cpu_bf16_widths.py`` measures the
-# crossover (its record: "bf16 autocast vs fp32 on a CPU, by model width"). It gained from 192 wide
-# on an Intel Xeon with AMX; 256 leaves a margin for CPUs with AVX512-BF16 only, whose bf16 matmuls
-# gain less over fp32 (2.5x on an AMD EPYC, quoted from issue #13, against 3.5x on the Xeon).
+# On a CPU, bf16 autocast pays only where the bf16 units gain more than the casts around every
+# op cost. ``benchmarks/cpu_bf16_widths.py`` measures it (its record: "bf16 autocast vs fp32 on a
+# CPU, by model width"): on an Intel Xeon with AMX, with attention kept in fp32 where bf16 attention
+# is slow (``nanogpt.model.attention``), bf16 gained at every width measured, from 64 wide up, so
+# ``auto`` uses it at every width there. A CPU with AVX512-BF16 but no AMX gains less from its bf16
+# matmuls (2.5x over fp32 on an AMD EPYC, quoted from issue #13, against 3.5x on the Xeon) and its
+# narrow models were not measured: ``auto`` keeps fp32 there below this width, as a margin.
 CPU_BF16_MIN_WIDTH = 256
 
 
@@ -199,8 +200,9 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
       autocast, and TF32 for what stays in fp32;
     - an older GPU (T4, V100: 7.x): fp16 autocast with a GradScaler. Such GPUs only emulate
       bf16 (``torch.cuda.is_bf16_supported()`` says True), slowly;
-    - a CPU with bf16 matrix units (AVX512-BF16, AMX): bf16 autocast for models at least
-      ``CPU_BF16_MIN_WIDTH`` wide (or of unknown width), fp32 for narrower ones;
+    - a CPU with AMX bf16 units: bf16 autocast;
+    - a CPU with AVX512-BF16 but no AMX: bf16 autocast for models at least ``CPU_BF16_MIN_WIDTH``
+      wide (or of unknown width), fp32 for narrower ones;
     - any other CPU, and MPS: fp32.
     An explicit ``requested`` dtype wins; fp16 always gets the scaler.
     """
@@ -211,13 +213,16 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
         dtype = torch.bfloat16 if ampere_or_newer else torch.float16
         reason = ("bf16 autocast: the GPU has bf16 tensor cores (compute capability 8.0+)" if ampere_or_newer
                   else "fp16 autocast with a GradScaler: the GPU has fp16 tensor cores, bf16 only emulated")
-    elif device_type == "cpu" and width is not None and width < CPU_BF16_MIN_WIDTH:
-        dtype = torch.float32  # said the same way on every CPU, so printed plans match
-        reason = f"fp32: on a CPU, bf16 autocast pays from {CPU_BF16_MIN_WIDTH} wide and this model is {width} wide"
     elif device_type == "cpu" and not cpu_has_native_bf16():
         dtype, reason = torch.float32, "fp32: this CPU has no bf16 matrix units (AVX512-BF16 or AMX)"
+    elif device_type == "cpu" and "amx_bf16" in cpu_flags():
+        dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has AMX bf16 matrix units"
+    elif device_type == "cpu" and width is not None and width < CPU_BF16_MIN_WIDTH:
+        dtype = torch.float32
+        reason = (f"fp32: on a CPU with AVX512-BF16 but no AMX, bf16 autocast is used from {CPU_BF16_MIN_WIDTH} "
+                  f"wide and this model is {width} wide")
     elif device_type == "cpu":
-        dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has bf16 matrix units (AVX512-BF16 or AMX)"
+        dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has AVX512-BF16 instructions"
     else:
         dtype, reason = torch.float32, f"fp32: autocast on {device_type} is not used by this course"
     if dtype == torch.float32 and ampere_or_newer:

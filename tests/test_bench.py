@@ -12,7 +12,7 @@ import torch
 from nanogpt.bench import run_benchmark, save_result, step_memory_breakdown, step_peak_memory_gib
 from nanogpt.course import load_results
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import cpu_has_native_bf16
+from nanogpt.train import cpu_has_native_bf16, resolve_dtype
 
 KEYS = ("matmul_gflops", "train_ms_per_iter", "train_tokens_per_s", "mfu", "fused_speedup_vs_naive",
         "step_peak_mem_gib", "step_memory_breakdown_gib", "gen_tokens_per_s_cached", "gen_tokens_per_s_uncached",
@@ -38,7 +38,7 @@ def test_benchmark_reports_every_figure(result):
     assert result["gen_same_tokens"] is True
     assert result["threads"] == 1 and result["device"] == "cpu"
     assert result["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert result["dtype_auto"] == "float32"  # 32 wide: too narrow for bf16 on any CPU
+    assert result["dtype_auto"] == str(resolve_dtype("cpu", "auto", C)).replace("torch.", "")
 
 
 def test_bf16_is_measured_beside_fp32_exactly_where_the_cpu_has_it(result):

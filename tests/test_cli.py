@@ -90,7 +90,7 @@ def test_damaged_checkpoint_from_the_shell_gives_no_traceback(tmp_path, checkpoi
 
 def test_resume_into_a_folder_holding_another_model_size(capsys, tmp_path, checkpoint_dir):
     out = tmp_path / "run"
-    shutil.copytree(checkpoint_dir, out)  # 4 layers x 128 wide; shakespeare-char is 6 x 384
+    shutil.copytree(checkpoint_dir, out)  # 5 layers x 128 wide; shakespeare-char is 6 x 384
     status, _, err = run_main(capsys, "train", "--preset", "shakespeare-char", "--device", "cpu", "--resume",
                               "--out", str(out), "--max-iters", "2", "--eval-iters", "1")
     assert status == 2
@@ -99,14 +99,17 @@ def test_resume_into_a_folder_holding_another_model_size(capsys, tmp_path, check
 
 def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto picks the CPU, also on a GPU machine
+    import nanogpt.train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)  # the same plan on every CPU
     out = tmp_path / "run"
     status, stdout, err = run_main(capsys, "train", "--max-iters", "2", "--eval-iters", "1", "--out", str(out))
     assert status == 0, err
     lines = stdout.splitlines()
     assert "CPU-sized preset 'shakespeare-char-cpu'" in lines[0]
-    # The first line of the plan says the precision, and why (the same words on every CPU for this width).
+    # The first line of the plan says the precision, and why.
     assert lines[1] == ("plan: shakespeare-char-cpu on cpu, trained on tinyshakespeare, "
-                        "fp32: on a CPU, bf16 autocast pays from 256 wide and this model is 128 wide")
+                        "fp32: this CPU has no bf16 matrix units (AVX512-BF16 or AMX)")
     assert "2: 1,536 tokens" in stdout and stdout.index("plan:") < stdout.index("training shakespeare-char-cpu")
     assert (out / "ckpt.pt").exists() and (out / "summary.json").exists()
     # The summary scores the whole validation split, once, and says what it cost.

@@ -278,3 +278,34 @@ def test_gelu_choice_is_checked_and_exact_differs_from_tanh():
     a, b = tanh(idx)[0], exact(idx)[0]
     assert not torch.equal(a, b)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # the two forms agree to about 1e-3
+
+
+def test_attention_runs_small_heads_in_fp32_under_cpu_bf16_autocast_and_large_ones_in_bf16():
+    from nanogpt.model import CPU_BF16_ATTENTION_MIN_SIZE, attention
+
+    torch.manual_seed(0)
+    small = [torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3)]   # 16 x 8 < the threshold
+    reference = torch.nn.functional.scaled_dot_product_attention(*small, is_causal=True)
+    assert torch.equal(attention(*small, is_causal=True), reference)           # no autocast: untouched
+    with torch.autocast("cpu", torch.bfloat16):
+        y = attention(*[t.to(torch.bfloat16) for t in small], is_causal=True)
+    assert y.dtype == torch.float32                                              # computed in fp32
+    assert torch.allclose(y, reference, atol=3e-2)                               # from bf16-rounded inputs
+    y.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in small)
+
+    T, hs = 256, CPU_BF16_ATTENTION_MIN_SIZE // 256                              # at the threshold: bf16
+    large = [torch.randn(1, 1, T, hs, dtype=torch.bfloat16) for _ in range(3)]
+    with torch.autocast("cpu", torch.bfloat16):
+        assert attention(*large, is_causal=True).dtype == torch.bfloat16
+
+
+def test_gpt_trains_under_cpu_bf16_autocast_with_fp32_attention():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    x = torch.randint(0, 65, (4, 16))
+    with torch.autocast("cpu", torch.bfloat16):
+        logits, loss = model(x, x)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and math.isfinite(loss.item())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
