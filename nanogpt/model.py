@@ -123,10 +123,12 @@ class Dropout(nn.Dropout):
         return x.mul(keep).mul_(1.0 / (1.0 - self.p))
 
 
-# On a CPU, PyTorch's fused attention kernel is slow in bf16 when each head's problem is small:
-# a (6, 4, 128, 32) attention, forward and backward, took 5.9 ms in bf16 and 1.6 ms in fp32 on an
-# Intel Xeon with AMX (torch 2.13), while at (64, 6, 256, 64) the two were level. Below this many
-# query positions x head dimensions, bf16 autocast on a CPU runs attention in fp32.
+# On a CPU, PyTorch's fused attention kernel is slow in bf16 when each head's problem is small.
+# On an Intel Xeon with AMX (torch 2.13), the CPU preset's training step (context 128, heads of 32)
+# took 20.2 ms in bf16 autocast with attention in fp32, 34.7 ms with it in bf16, and 27.5 ms all
+# in fp32, while the 10.8M model's (context 256, heads of 64) was level either way (record
+# cpu-bf16-widths, from benchmarks/cpu_bf16_widths.py). Below this many query positions x head
+# dimensions, bf16 autocast on a CPU runs attention in fp32.
 CPU_BF16_ATTENTION_MIN_SIZE = 256 * 64
 
 
