@@ -137,14 +137,19 @@ def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0) -> tup
     """Start ``argv``, send SIGINT once the training loop is running; (exit status, stderr)."""
     with open(log, "w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        deadline = time.monotonic() + 120
-        while "training (fp32):" not in log.read_text():  # the progress bar: train() is in its loop
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.1)
-        time.sleep(settle_s)
-        proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=120)
+        try:
+            deadline = time.monotonic() + 120
+            while "training (" not in log.read_text():  # the progress bar, "training (fp32):" or (bf16): in the loop
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "training never started"
+                time.sleep(0.1)
+            time.sleep(settle_s)
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:  # a failed check must not leave the run training
+                proc.kill()
+                proc.wait()
     return status, log.read_text()
 
 

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     loader = DataLoaderLite(tokens, 4, 16, process_rank=rank, num_processes=world)
     config = TrainConfig(max_iters=args.max_iters, lr_decay_iters=TOTAL_ITERS, batch_size=4,
                          grad_accum_steps=args.grad_accum, learning_rate=3e-3, warmup_iters=2,
-                         eval_interval=100, eval_iters=1, device="cpu")
+                         eval_interval=100, eval_iters=1, device="cpu",
+                         dtype="float32")  # the chapter prints these losses: the same on every CPU, no bf16
     history = train(model, loader, {"val": RandomBatches(tokens, 4, 16, seed=1)}, config,
                     out_dir=args.out_dir, resume=args.resume, progress=False)
     if rank == 0:
