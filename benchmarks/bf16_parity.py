@@ -3,10 +3,10 @@
 Trains the course's full Shakespeare model (6 layers, 384 wide, context 256), or another
 character preset's model (``--preset``), from the same seed on the same batches, once in fp32
 and once with bf16 autocast, and scores both on the whole validation split (in fp32) at the same
-steps. The claim ``dtype="auto"`` rests on: the
-two curves stay within 0.01 of each other. For scale, a third run trains fp32 again on other
-batches (another seed): how far apart two equally good runs land. A smaller version of this check is a unit test
-(``tests/test_train.py``); this is the figure at full model size, with its timing.
+steps. The claim ``dtype="auto"`` rests on: the two curves stay within 0.01 of each other. For
+scale, a third run trains fp32 again on other batches (another seed): how far apart two equally
+good runs land. A smaller version of this check is a unit test (``tests/test_train.py``); this
+is the figure at model size, with its timing.
 
     python benchmarks/bf16_parity.py --steps 300 --batch 16 --save
     python benchmarks/bf16_parity.py --preset shakespeare-char-cpu --steps 3000 --batch 6 --score-every 1000 --save
