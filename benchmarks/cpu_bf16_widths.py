@@ -57,8 +57,8 @@ def measure(config: GPTConfig, batch_size: int, rounds: int) -> dict:
     ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
     return {"fp32_ms": round(ms["fp32"], 1), "bf16_ms": round(ms["bf16"], 1),
             "bf16_attn_bf16_ms": round(ms["bf16_attn"], 1), "bf16_speedup": round(ms["fp32"] / ms["bf16"], 3),
-            "attention_in_fp32": config.block_size * (config.n_embd // config.n_head)
-                                 < nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE}
+            "attention_in_fp32": nanogpt.model.too_small_for_cpu_bf16_attention(config.block_size,
+                                                                                config.n_embd // config.n_head)}
 
 
 def main() -> None:

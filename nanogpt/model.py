@@ -132,12 +132,17 @@ class Dropout(nn.Dropout):
 CPU_BF16_ATTENTION_MIN_SIZE = 256 * 64
 
 
+def too_small_for_cpu_bf16_attention(seq_len: int, head_size: int) -> bool:
+    """Whether ``attention`` runs a (.., seq_len, head_size) problem in fp32 under CPU bf16 autocast."""
+    return seq_len * head_size < CPU_BF16_ATTENTION_MIN_SIZE
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
     """``F.scaled_dot_product_attention``, in fp32 when CPU bf16 autocast would make it slow.
 
     q, k, v are (B, nh, T, hs); the result is (B, nh, T, hs), in fp32 when the inputs were cast.
     """
-    small = q.shape[-2] * q.shape[-1] < CPU_BF16_ATTENTION_MIN_SIZE
+    small = too_small_for_cpu_bf16_attention(q.shape[-2], q.shape[-1])
     if q.device.type == "cpu" and small and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
