@@ -206,6 +206,28 @@ def gpu_peak(gpu: str, precision: str = "fp32") -> float:
     raise KeyError(f"no peak for {gpu!r} at {precision!r}; known: {[(p.gpu, p.precision) for p in GPU_PEAKS]}")
 
 
+# GPUs whose name (as torch.cuda.get_device_name() or a record's hardware gives it) has the
+# compute of a GPU in GPU_PEAKS: the H200 has the H100 SXM's, with more and faster memory.
+_DATASHEET_NAMES = (("H200", "H100 SXM"), ("H100", "H100 SXM"), ("A100", "A100"), ("RTX 4090", "RTX 4090"),
+                    ("RTX 3070 Ti", "RTX 3070 Ti"), ("T4", "T4"))
+
+
+def datasheet_peak(device_name: str, precision: str) -> float | None:
+    """Data-sheet dense peak FLOP/s of the GPU named in ``device_name`` at ``precision``, or None.
+
+    The denominator of MFU (model FLOPs utilisation): what the device's data sheet promises
+    in the precision the run used. None for a CPU or a GPU (or precision) not in ``GPU_PEAKS``:
+    then only the matmul-rate utilisation (against a measured matmul rate) can be given.
+    """
+    for fragment, listed_as in _DATASHEET_NAMES:
+        if fragment.lower() in device_name.lower():
+            for p in GPU_PEAKS:
+                if p.gpu == listed_as and p.precision == precision.lower():
+                    return p.peak_flops
+            return None
+    return None
+
+
 # --- arithmetic -----------------------------------------------------------------------------
 
 
@@ -389,7 +411,7 @@ def recheck_plan(
 __all__ = [
     "SECONDS_PER_DAY", "PFS_DAY", "CHINCHILLA_TOKENS_PER_PARAM", "ENGLISH_BYTES_PER_GPT2_TOKEN",
     "TINY_SHAKESPEARE_CHARS_PER_TOKEN", "RTX_3070_TI_COURSE_FLOPS",
-    "Milestone", "MILESTONES", "milestone", "GPUPeak", "GPU_PEAKS", "gpu_peak",
+    "Milestone", "MILESTONES", "milestone", "GPUPeak", "GPU_PEAKS", "gpu_peak", "datasheet_peak",
     "training_flops", "flop_per_day", "training_days", "training_cost", "chinchilla_tokens",
     "days_to_match", "measure_matmul_flops", "PlanCheck", "recheck_plan",
 ]
