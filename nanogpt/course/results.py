@@ -127,6 +127,22 @@ def _load_folder(folder: Path, prefix: str = "") -> tuple[list[tuple[str, dict]]
     return valid, skipped
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as a chapter prints it: never a machine's absolute path.
+
+    Relative to the course checkout when inside it (``nanogpt/course/records/x.json``), else to
+    the working directory when inside that (``nanogpt-results/x.json``), else the bare name.
+    """
+    path = Path(path).resolve()
+    for base in (source_checkout(), Path.cwd()):
+        if base is not None:
+            try:
+                return path.relative_to(base.resolve()).as_posix()
+            except ValueError:
+                pass
+    return path.name
+
+
 def write_result(name: str, record: dict, folder: str | Path | None = None) -> Path | None:
     """Save a measured record as ``<folder>/<name>.json`` and return its path.
 
