@@ -1,13 +1,16 @@
 """Command line: ``python -m nanogpt {data,train,sample,bench}``.
 
-Bad arguments, missing data and unreadable checkpoints give a one-line error and exit
-status 2, never a traceback. Ctrl-C during ``train`` saves a checkpoint and prints the
-command that resumes it (exit status 130).
+Bad arguments, missing data and unreadable checkpoints give an error and exit status 2,
+never a traceback: the whole message, whose later lines often say how to fix it (the URL to
+download, the file to save). Ctrl-C during ``train`` saves a checkpoint and prints the
+command that resumes it; the exit status is 128 + the signal's number, as a shell reports a
+process killed by it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM (what batch schedulers send).
 """
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +18,18 @@ from pathlib import Path
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a command; the message says what was kept and what to run next."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+def interrupted_status(signal_name: str | None) -> int:
+    """128 + the signal's number (SIGINT 130, SIGTERM 143); 130 when the signal is not known."""
+    try:
+        return 128 + signal.Signals[signal_name or "SIGINT"].value
+    except KeyError:  # e.g. "a signal on another rank"
+        return 128 + signal.SIGINT.value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         kept = (f"checkpoint at step {stop.iter} saved to {stop.checkpoint}" if stop.checkpoint is not None
                 else "no checkpoint was saved")
         raise Interrupted(f"interrupted by {stop.signal_name} at step {stop.iter}: {kept}; resume with: "
-                          f"{resume_command(args, out_dir)}") from None
+                          f"{resume_command(args, out_dir)}", stop.signal_name) from None
     wall = time.perf_counter() - t0
     final, best = history.evals[-1], history.best_eval
     kept_best = preset.train.keep_best and best is not None and best is not final
@@ -196,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ValueError, FileNotFoundError, DataError, ImportError, NonFiniteLossError) as exc:
         # CheckpointError is a ValueError: unreadable, truncated or mismatched checkpoints land here.
-        print(f"nanogpt: error: {exc}".splitlines()[0], file=sys.stderr)
+        # The whole message: its later lines are often the fix (DataError: the URL and where to save it).
+        print(f"nanogpt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         message = str(exc) if isinstance(exc, Interrupted) else "interrupted"
-        print(f"nanogpt: error: {message}".splitlines()[0], file=sys.stderr)
-        return 130
+        print(f"nanogpt: error: {message}", file=sys.stderr)
+        return interrupted_status(getattr(exc, "signal_name", None))
     return 0

@@ -1,8 +1,7 @@
-"""The command line: the main job end to end, and one-line errors for bad input and Ctrl-C."""
+"""The command line: the main job end to end, and errors without tracebacks for bad input and Ctrl-C."""
 from __future__ import annotations
 
 import json
-
 import re
 import shlex
 import shutil
@@ -10,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,13 @@ def one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nanogpt: error: "), err
     return lines[0]
+
+
+def error_message(err: str) -> str:
+    """The whole error, after checking it starts with "nanogpt: error: " and no traceback came with it."""
+    assert "Traceback" not in err
+    assert err.startswith("nanogpt: error: "), err
+    return err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,26 @@ def test_bad_arguments_give_one_line_errors(capsys, args, message):
     status, _, err = run_main(capsys, *args)
     assert status == 2
     assert message in one_line_error(err)
+
+
+def test_an_error_keeps_the_lines_that_say_how_to_fix_it(capsys, tmp_path, monkeypatch):
+    """Offline, the reader needs the download's URL, the file to save it as and NANOGPT_DATA_DIR,
+    which the download error gives on the lines after its first."""
+    from nanogpt.data import DATASETS
+
+    monkeypatch.setenv("NANOGPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NANOGPT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    status, _, err = run_main(capsys, "data")
+    assert status == 2
+    message = error_message(err)
+    assert "could not download tinyshakespeare: <urlopen error" in message.splitlines()[0]
+    assert DATASETS["tinyshakespeare"].url in message
+    assert "save it as $NANOGPT_DATA_DIR/tinyshakespeare/input.txt" in message
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "empty"])
@@ -127,14 +155,49 @@ def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp
     assert stdout.startswith("ROMEO:") and len(stdout.rstrip("\n")) == len("ROMEO:") + 50
 
 
-# --- Ctrl-C -------------------------------------------------------------------------------
+# --- Ctrl-C and SIGTERM --------------------------------------------------------------------
 
-INTERRUPTED = re.compile(r"nanogpt: error: interrupted by SIGINT at step (\d+): checkpoint at step \1 saved to (.+); "
-                         r"resume with: (.+)")
+def interrupted(signal_name: str = "SIGINT") -> re.Pattern:
+    """The error line of a run stopped by ``signal_name``: (step, checkpoint, resume command)."""
+    return re.compile(rf"nanogpt: error: interrupted by {signal_name} at step (\d+): checkpoint at step \1 saved to (.+); "
+                      r"resume with: (.+)")
 
 
-def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0) -> tuple[int, str]:
-    """Start ``argv``, send SIGINT once the training loop is running; (exit status, stderr)."""
+INTERRUPTED = interrupted("SIGINT")
+
+
+@pytest.mark.parametrize("signal_name,exit_status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_run_exits_with_128_plus_the_signal_number(capsys, tmp_path, monkeypatch, signal_name,
+                                                             exit_status):
+    """The shell convention: 130 for Ctrl-C (SIGINT, 2), 143 for SIGTERM (15), as a batch scheduler expects."""
+    import nanogpt.presets as P
+    from nanogpt.train import TrainingInterrupted
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted(7, tmp_path / "ckpt.pt", signal_name)
+
+    monkeypatch.setattr(P, "train_preset", stopped)
+    status, _, err = run_main(capsys, "train", "--preset", "shakespeare-char-cpu", "--device", "cpu",
+                              "--max-iters", "10", "--eval-iters", "1", "--out", str(tmp_path))
+    assert status == exit_status
+    match = interrupted(signal_name).fullmatch(one_line_error(err))
+    assert match and match[1] == "7" and Path(match[2]) == tmp_path / "ckpt.pt"
+
+
+def test_a_keyboard_interrupt_outside_training_exits_130(capsys, monkeypatch):
+    import nanogpt.cli as cli
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_data", ctrl_c)
+    status, _, err = run_main(capsys, "data")
+    assert status == 130 and one_line_error(err) == "nanogpt: error: interrupted"
+
+
+def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0,
+                       sig: signal.Signals = signal.SIGINT) -> tuple[int, str]:
+    """Start ``argv``, send ``sig`` once the training loop is running; (exit status, stderr)."""
     with open(log, "w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
@@ -144,7 +207,7 @@ def interrupt_training(argv: list[str], log: Path, settle_s: float = 1.0) -> tup
                 assert time.monotonic() < deadline, "training never started"
                 time.sleep(0.1)
             time.sleep(settle_s)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             status = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:  # a failed check must not leave the run training
@@ -172,3 +235,18 @@ def test_ctrl_c_saves_the_step_and_prints_the_command_that_resumes(tmp_path):
     assert status == 130
     match = INTERRUPTED.fullmatch(err.strip().splitlines()[-1])
     assert match and int(match[1]) > step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "shakespeare-char-cpu", "--device", "cpu", "--max-iters", "100000",
+            "--eval-iters", "1", "--out", str(out)]
+    status, err = interrupt_training([sys.executable, "-m", "nanogpt", *args], tmp_path / "term.log",
+                                     sig=signal.SIGTERM)
+    assert status == 143 and "Traceback" not in err
+    match = interrupted("SIGTERM").fullmatch(err.strip().splitlines()[-1])
+    assert match, err[-500:]
+    step, path = int(match[1]), Path(match[2])
+    assert step > 0 and path == out / "ckpt.pt"
+    assert torch.load(path, map_location="cpu", weights_only=True)["iter"] == step
