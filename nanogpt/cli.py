@@ -47,6 +47,7 @@ def _count(value: str) -> int:
 
 
 def _at_least_one(value: str) -> int:
+    """A count where 0 means nothing to do: batches per estimate, steps to time, threads."""
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -178,13 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=_count, default=None, help="shorten the run (the schedule follows)")
     p.add_argument("--out", default=None, help="checkpoint folder (default out/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--eval-iters", type=_count, default=None, help="batches per loss estimate")
+    p.add_argument("--eval-iters", type=_at_least_one, default=None, help="batches per loss estimate")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="a checkpoint file or the folder holding ckpt.pt")
     p.add_argument("--prompt", default="")
-    p.add_argument("--max-new-tokens", type=_count, default=500)
+    p.add_argument("--max-new-tokens", type=_at_least_one, default=500)
     p.add_argument("--temperature", type=_positive_float, default=0.8)
     p.add_argument("--top-k", type=_at_least_one, default=None, help="sample from the k likeliest tokens")
     p.add_argument("--seed", type=int, default=1337)
@@ -195,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="shakespeare-char")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--steps", type=_count, default=5, help="timed training steps per variant")
-    p.add_argument("--threads", type=_count, default=None, help="pin torch's thread count")
+    p.add_argument("--steps", type=_at_least_one, default=5, help="timed training steps per variant")
+    p.add_argument("--threads", type=_at_least_one, default=None, help="pin torch's thread count")
     p.add_argument("--save", action="store_true", help="write the figures as a record for the results page")
     p.set_defaults(func=cmd_bench)
     return parser

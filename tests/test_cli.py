@@ -64,6 +64,11 @@ def test_data_command_reports_the_corpus(capsys):
 @pytest.mark.parametrize("args,message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--max-iters", "-5"], "--max-iters: must be a non-negative integer"),
+    (["train", "--eval-iters", "0"], "--eval-iters: must be at least 1, got 0"),  # an estimate needs a batch
+    (["train", "--eval-iters", "-1"], "--eval-iters: must be at least 1, got -1"),
+    (["sample", "--checkpoint", "x", "--max-new-tokens", "0"], "--max-new-tokens: must be at least 1, got 0"),
+    (["bench", "--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["bench", "--threads", "0"], "--threads: must be at least 1, got 0"),
     (["train", "--device", "tpu"], "unknown device 'tpu'"),
     (["train", "--preset", "gpt2", "--device", "cpu"], "preset 'gpt2' trains on 'fineweb-edu'"),
     (["sample", "--checkpoint", "/no/such/dir"], "no checkpoint at /no/such/dir"),
