@@ -355,14 +355,23 @@ class RidgeLM:
 
     # ----------------------------------------------------------------- using it
     @torch.no_grad()
+    def scores(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, context) windows -> (N, vocab_size) float64 scores s; the highest is the prediction.
+
+        What ``evaluate``'s accuracy counts and what greedy decoding picks. Logits are a readout
+        of them (``scores_to_logits``), which can tie every token: β = 0 makes every logit 0.
+        """
+        self._check_fitted()
+        return self._scores(self.features(windows))
+
+    @torch.no_grad()
     def logits(self, windows: torch.Tensor, readout: str | None = None,
                clip_floor: float | None = None) -> torch.Tensor:
         """(N, context) windows -> (N, vocab_size) float64 logits for the next token.
 
         ``readout`` and ``clip_floor`` override the config's for this call (see ``scores_to_logits``).
         """
-        self._check_fitted()
-        return self.scores_to_logits(self._scores(self.features(windows)), readout, clip_floor)
+        return self.scores_to_logits(self.scores(windows), readout, clip_floor)
 
     @torch.no_grad()
     def evaluate(self, tokens: torch.Tensor | Sequence[int], progress: bool = False,
@@ -391,7 +400,9 @@ class RidgeLM:
                  temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to a 1-D prompt of at least ``context`` tokens.
 
-        ``temperature=0`` is greedy. Without a ``generator`` one seeded with ``config.seed``
+        ``temperature=0`` is greedy: the highest score, as ``evaluate``'s accuracy counts. (Not
+        the argmax of the logits: with β = 0, a fit no better than uniform, they are all 0 and the
+        argmax would always be token 0.) Without a ``generator`` one seeded with ``config.seed``
         is used, so sampling is reproducible too. Returns prompt + new tokens, 1-D.
         """
         self._check_fitted()
@@ -405,10 +416,11 @@ class RidgeLM:
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         for _ in range(max_new_tokens):
-            logits = self.logits(idx[-C:][None])[0]                           # (V,)
+            s = self.scores(idx[-C:][None])[0]                                # (V,)
             if temperature == 0:
-                nxt = logits.argmax().view(1)
+                nxt = s.argmax().view(1)
             else:
+                logits = self.scores_to_logits(s[None])[0]
                 nxt = torch.multinomial(torch.softmax(logits / temperature, dim=0), 1, generator=generator)
             idx = torch.cat((idx, nxt))
         return idx

@@ -239,6 +239,28 @@ def test_generate_is_reproducible_and_valid():
         model.generate(prompt[:2], 5)
 
 
+@pytest.mark.parametrize("target", ["onehot", "embedding"])
+def test_greedy_follows_the_scores_when_the_logit_scale_is_zero(target):
+    """β = 0 is what the calibration returns when the scores do no better than uniform; then every
+    softmax logit β·s is 0, so greedy decoding must read the scores themselves (the prediction
+    ``evaluate``'s accuracy counts), not the argmax of a row of zeros, which is always token 0."""
+    V, C = 7, 3
+    model = RidgeLM(RidgeConfig(vocab_size=V, context=C, embed_dim=4, hidden=16, target=target))
+    tokens = tiny_tokens(vocab=V)
+    model.fit(tokens, progress=False)
+    model.logit_scale = 0.0
+    out = model.generate(tokens[:C], 20, temperature=0)
+    windows = out.unfold(0, C, 1)[:-1]                                   # the window before each new token
+    scores = model.scores(windows)
+    assert scores.shape == (20, V)
+    assert torch.equal(out[C:], scores.argmax(1))
+    assert out[C:].unique().numel() > 1                                  # not token 0 every time
+    # with β > 0 the scores and the logits agree on the greedy token
+    model.fit(tokens, progress=False)
+    assert model.logit_scale > 0
+    torch.testing.assert_close(model.logits(windows), model.logit_scale * model.scores(windows))
+
+
 def test_unfitted_model_and_bad_tokens_raise():
     model = RidgeLM(RidgeConfig(vocab_size=7, context=3, embed_dim=4, hidden=16))
     with pytest.raises(RuntimeError, match="fit"):
