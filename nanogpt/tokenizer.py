@@ -124,7 +124,14 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int, *, pattern: str = GPT2_SPLIT_PATTERN) -> "BPETokenizer":
-        """Learn ``vocab_size - 256`` merges, most frequent adjacent pair first (ties: first seen)."""
+        """Learn ``vocab_size - 256`` merges, most frequent adjacent pair first.
+
+        Ties go to the pair that entered the count table first (``max`` keeps the first of equal
+        counts, in the Counter's order): the text's pairs in the order they first occur, then the
+        pairs merges create, in the order they are counted. A pair whose count falls to zero while
+        a merge re-counts a word re-enters at the end, so the winner is not always the pair that
+        occurs first in the merged text; it is always the same one for the same text.
+        """
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 (the bytes), got {vocab_size}")
         tok = cls(pattern=pattern)

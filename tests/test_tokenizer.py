@@ -88,6 +88,22 @@ def test_bpe_learns_the_requested_merges_most_frequent_first(bpe):
     assert all(len(bpe.token_bytes(i)) >= 2 for i in range(256, 400))
 
 
+def test_bpe_breaks_ties_as_its_docstring_says():
+    """Among equally frequent pairs the one that entered the count table first wins: the text's pairs
+    in the order they first occur; a pair whose count falls to zero while a merge re-counts a word
+    re-enters at the end (so the rule is not "first occurrence in the merged text")."""
+    words = r"\w+"  # one chunk per word, no spaces
+    # ab ties cd: ab occurs first; reversed, cd occurs first
+    assert BPETokenizer.train("ab cd", 257, pattern=words).token_bytes(256) == b"ab"
+    assert BPETokenizer.train("cd ab", 257, pattern=words).token_bytes(256) == b"cd"
+    # ab (2) is merged first; re-counting "abcd" takes bc and cd to zero, then adds X+c and cd back
+    # at the end, behind ef: ef wins the three-way tie at 1 though "abcd" holds its two rivals earlier
+    tok = BPETokenizer.train("abcd ab ef", 259, pattern=words)
+    assert [tok.token_bytes(i) for i in (256, 257, 258)] == [b"ab", b"ef", b"abc"]
+    doc = BPETokenizer.train.__doc__
+    assert "first seen" not in doc and "entered the count table first" in doc
+
+
 def test_bpe_round_trips_the_text_and_compresses_it(bpe, text):
     sample = text[200_000:260_000]  # text it was not trained on
     ids = bpe.encode(sample)
