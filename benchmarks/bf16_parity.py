@@ -5,7 +5,7 @@ character preset's model (``--preset``), from the same seed on the same batches,
 and once with bf16 autocast, and scores both on the whole validation split (in fp32) at the same
 steps. The claim ``dtype="auto"`` rests on: the two curves stay within 0.01 of each other. For
 scale, a third run trains fp32 again on other batches (another seed): how far apart two equally
-good runs land. A smaller version of this check is a unit test (``tests/test_train.py``); this
+good runs land. A smaller version of this check is a unit test (``tests/test_precision.py``); this
 is the figure at model size, with its timing.
 
     python benchmarks/bf16_parity.py --steps 300 --batch 16 --save
@@ -24,7 +24,8 @@ from nanogpt.data import RandomBatches
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, prepare_char_data
 from nanogpt.runtime import describe_hardware
-from nanogpt.train import TrainConfig, evaluate_full, train
+from nanogpt.evaluate import evaluate_full
+from nanogpt.train import TrainConfig, train
 
 
 def run(preset_name: str, dtype: str, steps: int, batch_size: int, score_every: int, data, batch_seed: int = 3) -> dict:

@@ -2,12 +2,12 @@
 
 A CPU with bf16 matrix units (AVX512-BF16, AMX) multiplies bf16 matrices several times faster
 than fp32, but autocast also casts activations and weights around every matmul, and torch's
-bf16 attention kernel is slow for small heads (``nanogpt.model.attention`` keeps those in fp32).
+bf16 attention kernel is slow for small heads (``nanogpt.cpu_tuning.cpu_attention`` keeps those in fp32).
 For a narrow model those costs win. This script times full training steps (forward, backward,
 AdamW) in fp32, with bf16 autocast as the course runs it, and with bf16 autocast that leaves
 attention in bf16 too, alternated in one process, medians of ``--rounds``. Its crossover is
-``nanogpt.train.CPU_BF16_MIN_WIDTH``, which ``dtype="auto"`` uses; the third column tests
-``nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE``.
+``nanogpt.precision.CPU_BF16_MIN_WIDTH``, which ``dtype="auto"`` uses; the third column tests
+``nanogpt.cpu_tuning.CPU_BF16_ATTENTION_MIN_SIZE``.
 
     python benchmarks/cpu_bf16_widths.py --threads 2 --save
 """
@@ -19,12 +19,12 @@ import statistics
 
 import torch
 
-import nanogpt.model
+import nanogpt.cpu_tuning
 from nanogpt.bench import alternate, make_step
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import PRESETS
 from nanogpt.runtime import describe_hardware
-from nanogpt.train import has_native_bf16
+from nanogpt.precision import has_native_bf16
 
 # (label, model, batch size): widths at one shape, then the course's two character presets.
 SHAPES = [(f"{w} wide", GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=w), 16)
@@ -35,13 +35,13 @@ SHAPES = [(f"{w} wide", GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_he
 
 
 def with_bf16_attention(step):
-    """``step`` with every attention in bf16 under autocast, however small (see ``nanogpt.model.attention``)."""
+    """``step`` with every attention in bf16 under autocast, however small (see ``nanogpt.cpu_tuning.cpu_attention``)."""
     def run() -> float:
-        saved, nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE = nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE, 0
+        saved, nanogpt.cpu_tuning.CPU_BF16_ATTENTION_MIN_SIZE = nanogpt.cpu_tuning.CPU_BF16_ATTENTION_MIN_SIZE, 0
         try:
             return step()
         finally:
-            nanogpt.model.CPU_BF16_ATTENTION_MIN_SIZE = saved
+            nanogpt.cpu_tuning.CPU_BF16_ATTENTION_MIN_SIZE = saved
     return run
 
 
@@ -57,7 +57,7 @@ def measure(config: GPTConfig, batch_size: int, rounds: int) -> dict:
     ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
     return {"fp32_ms": round(ms["fp32"], 1), "bf16_ms": round(ms["bf16"], 1),
             "bf16_attn_bf16_ms": round(ms["bf16_attn"], 1), "bf16_speedup": round(ms["fp32"] / ms["bf16"], 3),
-            "attention_in_fp32": nanogpt.model.too_small_for_cpu_bf16_attention(config.block_size,
+            "attention_in_fp32": nanogpt.cpu_tuning.too_small_for_cpu_bf16_attention(config.block_size,
                                                                                 config.n_embd // config.n_head)}
 
 

@@ -17,7 +17,9 @@ import torch
 
 from nanogpt.model import GPTConfig
 from nanogpt.presets import PRESETS, RunPreset, prepare_char_data, train_preset
-from nanogpt.train import TrainConfig, evaluate_full, resolve_dtype
+from nanogpt.evaluate import evaluate_full
+from nanogpt.precision import resolve_dtype
+from nanogpt.train import TrainConfig
 
 
 def candidate(args) -> RunPreset:
@@ -54,7 +56,7 @@ def main() -> None:
     p.add_argument("--gelu", choices=["tanh", "exact"], default="tanh")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="auto", help="auto (nanogpt.train.precision_plan), float32 or bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (nanogpt.precision.precision_plan), float32 or bfloat16")
     p.add_argument("--preset", default=None, help="score a named preset as it is instead")
     p.add_argument("--label", default=None, help="name of the candidate in the sweep table")
     p.add_argument("--out", default=None, help="folder for the trained model's checkpoint (ckpt.pt)")

@@ -29,7 +29,9 @@ import torch
 from nanogpt import pick_device
 from nanogpt.presets import PRESETS, prepare_char_data, train_preset
 from nanogpt.runtime import describe_hardware
-from nanogpt.train import History, TrainingInterrupted, evaluate_full
+from nanogpt.evaluate import evaluate_full
+from nanogpt.stopping import TrainingInterrupted
+from nanogpt.train import History
 
 VARIANTS = {
     "preset": ("as the preset", {}),

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import GPT, CausalSelfAttention, Dropout, KVCache, attention_weights  # noqa: F401  (re-exported)
+from .model import GPT, CausalSelfAttention, KVCache, attention_weights  # noqa: F401  (re-exported)
 
 
 class Head(nn.Module):
@@ -35,7 +35,7 @@ class Head(nn.Module):
         self.query = nn.Linear(n_embd, head_size, bias=bias)
         self.value = nn.Linear(n_embd, head_size, bias=bias)
         self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)), persistent=False)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -66,7 +66,7 @@ class MultiHeadAttention(nn.Module):
         attn_dropout = dropout if attn_dropout is None else attn_dropout
         self.heads = nn.ModuleList(Head(n_embd, head_size, block_size, attn_dropout, bias) for _ in range(n_head))
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, C)

@@ -22,16 +22,46 @@ from pathlib import Path
 import torch
 
 from .attention import naive_twin
-from .compute import datasheet_peak, measure_matmul_flops
 from .model import GPT, GPTConfig
 from .presets import PRESETS
 from .runtime import describe_hardware, pick_device
-from .train import autocast, configure_adamw, has_native_bf16, resolve_dtype
+from .cpu_tuning import tune_for_cpu
+from .model import configure_adamw
+from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
+def _sync(device: str | torch.device) -> None:
+    device_type = torch.device(device).type
+    if device_type == "cuda":
         torch.cuda.synchronize()
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def measure_matmul_flops(
+    n: int = 1024, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", repeats: int = 5
+) -> float:
+    """Measured FLOP/s of an ``n`` × ``n`` matmul: 2·n³ FLOP over the median of ``repeats`` timings.
+
+    One untimed warm-up runs first. This is the "what your own machine can do" number:
+    an upper bound on what training reaches, usually well below the data-sheet peak on CPUs.
+    """
+    if n < 1 or repeats < 1:
+        raise ValueError("n and repeats must be at least 1")
+    device = torch.device(device)
+    with torch.inference_mode():
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        a @ b  # warm-up: kernel selection, thread pool start, allocator
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    seconds = max(statistics.median(times), 1e-9)  # guard a timer too coarse for a tiny n
+    return 2.0 * n**3 / seconds
 
 
 def timed(fn, device: str = "cpu"):
@@ -49,8 +79,14 @@ def timed(fn, device: str = "cpu"):
 
 def make_step(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str,
               dtype: torch.dtype = torch.float32, optimizer: torch.optim.Optimizer | None = None):
-    """A function that runs one full training step (forward, backward, AdamW) and returns its seconds."""
+    """A function that runs one full training step (forward, backward, AdamW) and returns its seconds.
+
+    On a CPU the model gets the trainer's stand-ins first (``tune_for_cpu``), so the step is the one
+    ``train`` runs.
+    """
     device_type = torch.device(device).type
+    if device_type == "cpu":
+        tune_for_cpu(model)
     optimizer = optimizer or configure_adamw(model, 0.1, 1e-4, (0.9, 0.99), device_type)
     ctx = autocast(device_type, dtype)
     x, y = batch

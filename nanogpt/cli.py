@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from .presets import describe_plan, resolve_preset, train_preset
     from .runtime import pick_device
-    from .train import TrainingInterrupted, evaluate_full
+    from .evaluate import evaluate_full
+    from .stopping import TrainingInterrupted
 
     device = pick_device(args.device)
     preset, note = resolve_preset(args.preset, device, explicit_device=args.device != "auto")
@@ -144,7 +145,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from .runtime import pick_device
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     device = pick_device(args.device)
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
-    from .train import NonFiniteLossError
+    from .stopping import NonFiniteLossError
 
     try:
         args.func(args)

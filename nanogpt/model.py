@@ -3,8 +3,8 @@ language-model head tied to the token embedding.
 
 This file is the whole model and needs only torch: copy it into a project of your own.
 Parameter names follow GPT-2 (``transformer.h.0.attn.c_attn`` ...) so Hugging Face weights
-load with a transpose and nothing else. The teaching variants (the video's per-head
-attention, the ablation ladder) live in ``attention.py`` and ``ladder.py``.
+load with a transpose and nothing else. ``configure_adamw`` builds the optimizer the way
+GPT-2 was trained: weight decay on matrices only.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 
 @dataclass
@@ -28,8 +27,8 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0       # on embeddings, attention output and MLP output
     bias: bool = True          # biases in Linear layers and LayerNorms, as GPT-2
-    attn_dropout: float = 0.0  # on attention probabilities, as nanoGPT (a GPU's fused kernel does it; a CPU's does not)
-    gelu: str = "tanh"         # "tanh": GPT-2's approximation; "exact": erf, as nanoGPT (faster on CPUs)
+    attn_dropout: float = 0.0  # on attention probabilities, as nanoGPT
+    gelu: str = "tanh"         # "tanh": GPT-2's approximation; "exact": erf, as nanoGPT
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -78,7 +77,7 @@ def sample_next_token(
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal softmax(q k^T / sqrt(hs)) for (..., T, hs) inputs: the maps the chapters plot."""
+    """Causal softmax(q k^T / sqrt(hs)) for (..., T, hs) inputs: the maps ``GPT.attention_maps`` returns."""
     T = q.shape[-2]
     scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])  # (..., T, T)
     mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -106,57 +105,14 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
-class Dropout(nn.Dropout):
-    """``nn.Dropout``, with a faster mask on a CPU: keep where ``torch.rand(...) >= p``.
-
-    Training zeroes each element with probability ``p`` and scales the rest by 1 / (1 - p),
-    as ``nn.Dropout``. On a CPU, ``F.dropout`` draws its mask with ``bernoulli_``, several times
-    slower than ``torch.rand``: a large share of a bf16 training step of the 10.8M model. The
-    mask kept for the backward pass is a bool, 1 byte an element instead of 4. On a GPU this is
-    ``nn.Dropout`` (a fused kernel).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0.0 < self.p < 1.0 or self.inplace or x.device.type != "cpu":
-            return super().forward(x)
-        keep = torch.rand(x.shape) >= self.p  # same shape as x, bool: True with probability 1 - p
-        return x.mul(keep).mul_(1.0 / (1.0 - self.p))
-
-
-# On a CPU, PyTorch's fused attention kernel is slow in bf16 when each head's problem is small.
-# On an Intel Xeon with AMX (torch 2.13), the CPU preset's training step (context 128, heads of 32)
-# took 20.2 ms in bf16 autocast with attention in fp32, 34.7 ms with it in bf16, and 27.5 ms all
-# in fp32, while the 10.8M model's (context 256, heads of 64) was level either way (record
-# cpu-bf16-widths, from benchmarks/cpu_bf16_widths.py). Below this many query positions x head
-# dimensions, bf16 autocast on a CPU runs attention in fp32.
-CPU_BF16_ATTENTION_MIN_SIZE = 256 * 64
-
-
-def too_small_for_cpu_bf16_attention(seq_len: int, head_size: int) -> bool:
-    """Whether ``attention`` runs a (.., seq_len, head_size) problem in fp32 under CPU bf16 autocast."""
-    return seq_len * head_size < CPU_BF16_ATTENTION_MIN_SIZE
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``, in fp32 when CPU bf16 autocast would make it slow.
-
-    q, k, v are (B, nh, T, hs); the result is (B, nh, T, hs), in fp32 when the inputs were cast.
-    """
-    small = too_small_for_cpu_bf16_attention(q.shape[-2], q.shape[-1])
-    if q.device.type == "cpu" and small and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
-    return F.scaled_dot_product_attention(q, k, v, **kwargs)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused q/k/v projection.
 
     ``dropout`` applies to the output projection. ``attn_dropout`` drops attention
-    probabilities in training, as nanoGPT does. It is off by default: on a CPU,
-    ``scaled_dot_product_attention`` with ``dropout_p > 0`` leaves its fast fused kernel for the
-    slow math path, which materialises every (T, T) matrix; a GPU's flash kernel drops out
-    inside the kernel, at little cost.
+    probabilities in training, as nanoGPT does; it is off by default, since a fused attention
+    kernel that must drop out may fall back to one that forms every (T, T) matrix.
+    ``attend`` is the attention kernel, ``F.scaled_dot_product_attention``; a trainer may swap
+    in another with the same signature (it has no weights).
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
@@ -167,7 +123,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd, self.n_head, self.attn_dropout = n_embd, n_head, attn_dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.attend = F.scaled_dot_product_attention  # (B, nh, T, hs) q, k, v -> (B, nh, T, hs)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of (B, T, C) inputs, each (B, nh, T, hs)."""
@@ -184,15 +141,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x)  # each (B, nh, T, hs)
         if cache is None:
             p = self.attn_dropout if self.training else 0.0
-            y = attention(q, k, v, dropout_p=p, is_causal=True)
+            y = self.attend(q, k, v, dropout_p=p, is_causal=True)
         else:
             past = cache.length
             k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
             if T == 1:  # one new query sees every cached position: no mask needed
-                y = attention(q, k, v)
+                y = self.attend(q, k, v)
             else:       # a prompt: query i sees keys up to past + i
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-                y = attention(q, k, v, attn_mask=mask)
+                y = self.attend(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): the heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -201,7 +158,7 @@ class MLP(nn.Module):
     """Position-wise feed-forward: expand 4x, GELU, project back.
 
     GELU in GPT-2's tanh form by default, so GPT-2's weights give GPT-2's outputs;
-    ``config.gelu = "exact"`` (erf, as nanoGPT) costs less on CPUs than the tanh form.
+    ``config.gelu = "exact"`` uses erf, as nanoGPT.
     """
 
     def __init__(self, config: GPTConfig):
@@ -209,7 +166,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
@@ -218,8 +175,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
-    ``attn`` replaces the attention module (any (B, T, C) -> (B, T, C) module); the
-    chapters pass the video's per-head attention here. Default: ``CausalSelfAttention``.
+    ``attn`` replaces the attention module (any (B, T, C) -> (B, T, C) module), such as
+    per-head attention built from single heads. Default: ``CausalSelfAttention``.
     """
 
     def __init__(self, config: GPTConfig, attn: nn.Module | None = None):
@@ -249,7 +206,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
             wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
-            drop=Dropout(config.dropout),
+            drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -435,3 +392,24 @@ class GPT(nn.Module):
         if missing:
             raise KeyError(f"the Hugging Face state dict has no {', '.join(missing[:5])}"
                            + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+
+
+def configure_adamw(model: nn.Module, weight_decay: float, learning_rate: float,
+                    betas: tuple[float, float], device_type: str,
+                    implementation: str | None = None) -> torch.optim.AdamW:
+    """AdamW that decays matrices (matmul weights, embeddings) but not biases or LayerNorm gains.
+
+    ``implementation``: "for-loop", "foreach" or "fused"; by default fused on CUDA and CPU,
+    where one pass over every parameter is much faster than the per-parameter loop.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if implementation is None:
+        implementation = "fused" if device_type in ("cuda", "cpu") else "foreach"
+    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    if implementation not in flags:
+        raise ValueError(f"implementation must be one of {', '.join(flags)}, got {implementation!r}")
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **flags[implementation])

@@ -17,8 +17,9 @@ from .data import DATASETS, RandomBatches, load_text, train_val_split
 from .model import GPT, GPTConfig
 from .runtime import pick_device
 from .tokenizer import CharTokenizer
-from .train import (History, Precision, TrainConfig, default_peak_flops, eval_batches, precision_plan,
-                    resolve_dtype, train)
+from .precision import Precision, default_peak_flops, precision_plan, resolve_dtype
+from .schedule import eval_batches
+from .train import History, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
         lines.append(f"  estimate  about {_duration(plan.seconds)} on {plan.gpu}, at an assumed "
                      f"{plan.assumed_mfu:.0%} MFU of its {plan.peak_flops / 1e12:,.0f} TFLOP/s data-sheet peak")
     elif plan.gpu:
-        lines.append(f"  estimate  none: no data-sheet peak for {plan.gpu} in nanogpt.compute.GPU_PEAKS")
+        lines.append(f"  estimate  none: no data-sheet peak for {plan.gpu} in nanogpt.precision.GPU_PEAKS")
     else:
         lines.append(f"  estimate  none on {device}: no data-sheet peak to divide by")
     return "\n".join(lines)

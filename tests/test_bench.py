@@ -12,7 +12,7 @@ import torch
 from nanogpt.bench import run_benchmark, save_result, step_memory_breakdown, step_peak_memory_gib
 from nanogpt.course import load_results
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import cpu_has_native_bf16, resolve_dtype
+from nanogpt.precision import cpu_has_native_bf16, resolve_dtype
 
 KEYS = ("matmul_gflops", "train_ms_per_iter", "train_tokens_per_s", "matmul_rate_utilisation", "mfu",
         "fused_speedup_vs_naive",

@@ -132,7 +132,7 @@ def test_resume_into_a_folder_holding_another_model_size(capsys, tmp_path, check
 
 def test_train_prints_the_plan_first_then_trains_resumes_and_samples(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto picks the CPU, also on a GPU machine
-    import nanogpt.train as T
+    import nanogpt.precision as T
 
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)  # the same plan on every CPU
     out = tmp_path / "run"
@@ -176,7 +176,7 @@ def test_a_stopped_run_exits_with_128_plus_the_signal_number(capsys, tmp_path, m
                                                              exit_status):
     """The shell convention: 130 for Ctrl-C (SIGINT, 2), 143 for SIGTERM (15), as a batch scheduler expects."""
     import nanogpt.presets as P
-    from nanogpt.train import TrainingInterrupted
+    from nanogpt.stopping import TrainingInterrupted
 
     def stopped(*args, **kwargs):
         raise TrainingInterrupted(7, tmp_path / "ckpt.pt", signal_name)

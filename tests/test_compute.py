@@ -1,4 +1,4 @@
-"""Tests for nanogpt.compute: the 6ND arithmetic, the sourced tables, the plan re-check."""
+"""Tests for nanogpt.course.compute: the 6ND arithmetic, the sourced tables, the plan re-check."""
 from __future__ import annotations
 
 import ast
@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanogpt import compute
-from nanogpt.compute import (
+from nanogpt.course import compute
+from nanogpt.course.compute import (
     GPU_PEAKS,
     MILESTONES,
     PFS_DAY,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nanogpt.attention import naive_twin
-from nanogpt.ladder import STAGES, LadderLM
+from nanogpt.course.ladder import STAGES, LadderLM
 from nanogpt.model import GPT, GPTConfig
 
 V, T, C, NH, NL = 11, 8, 16, 4, 2

@@ -1,4 +1,4 @@
-"""nanogpt.manual: every hand-written backward against autograd, the whole GPT against
+"""nanogpt.course.manual: every hand-written backward against autograd, the whole GPT against
 nanogpt.model.GPT, and AdamW against torch.optim.AdamW, all in float64."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanogpt import manual as M
+from nanogpt.course import manual as M
 from nanogpt.attention import attention_weights
 from nanogpt.model import GPT, GPTConfig
 

@@ -142,9 +142,9 @@ def test_gpt2_plan_on_an_h100_takes_hours(monkeypatch):
 
 
 def test_plan_on_an_unlisted_gpu_says_why_there_is_no_estimate(monkeypatch):
-    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9))
+    fake_gpu(monkeypatch, "Tesla V100-SXM2-16GB", (7, 0))
     plan = describe_plan(PRESETS["shakespeare-char"], "cuda")
-    assert "no data-sheet peak for NVIDIA GeForce RTX 4090" in plan
+    assert "no data-sheet peak for Tesla V100-SXM2-16GB" in plan
 
 
 def test_train_preset_calls_on_eval_after_every_loss_estimate():

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Head, MultiHeadAttention
-from .model import MLP, Block, Dropout, GPTConfig, sample_next_token
+from ..attention import Head, MultiHeadAttention
+from ..model import MLP, Block, GPTConfig, sample_next_token
 
 STAGES: tuple[str, ...] = (
     "bigram-embed", "one-head", "multi-head", "+feedforward", "blocks", "+residual", "+layernorm", "+dropout",
@@ -76,7 +76,7 @@ class LadderLM(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
-        self.drop = Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)
         if stage == "bigram-embed":
             self.blocks = nn.Identity()
         elif stage == "one-head":

@@ -16,11 +16,11 @@ Only torch and the standard library are imported, so the file can be copied on i
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
-import torch
+
+from ..bench import measure_matmul_flops
+from ..precision import GPU_PEAKS, GPUPeak, datasheet_peak, gpu_peak
 
 SECONDS_PER_DAY = 86_400
 PFS_DAY = 1e15 * SECONDS_PER_DAY
@@ -157,75 +157,11 @@ def milestone(name: str) -> Milestone:
 # --- GPU peaks ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GPUPeak:
-    """Data-sheet peak throughput of one GPU at one precision (dense, no 2:4 sparsity)."""
-
-    gpu: str
-    precision: str  # "fp32", "tf32", "bf16", "fp16"
-    peak_flops: float  # FLOP/s
-    source: str
-    label: str = "data-sheet peak"
-
-
 RTX_3070_TI_COURSE_FLOPS = 2.3e13
 """The figure the course's source notes quote for an RTX 3070 Ti (fp32). It is not a rounding
 of NVIDIA's data-sheet peak, 2.175e13 (6144 CUDA cores x 2 FLOP per FMA x 1.77 GHz rated
 boost), but ~6% above it: what the same cores give at ~1.87 GHz, a clock such cards often hold
 above their rated boost. Treat it as "about 22-23 TFLOP/s fp32", not a guarantee."""
-
-GPU_PEAKS: tuple[GPUPeak, ...] = (
-    GPUPeak("RTX 3070 Ti", "fp32", 21.75e12,
-            "NVIDIA GeForce RTX 3070 Ti specifications: 6144 CUDA cores, 1.77 GHz boost; "
-            "6144 x 2 x 1.77e9 = 21.75 TFLOP/s. The notes' 2.3e13 (RTX_3070_TI_COURSE_FLOPS) is "
-            "about 6% above this peak, not a rounding of it."),
-    GPUPeak("RTX 4090", "fp32", 82.6e12,
-            "NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: peak FP32 82.6 TFLOPS "
-            "(16384 CUDA cores x 2 x 2.52 GHz boost)."),
-    GPUPeak("RTX 4090", "bf16", 165.2e12,
-            "NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: peak BF16 Tensor "
-            "TFLOPS with FP32 accumulate 165.2 dense (330.4 with sparsity)."),
-    GPUPeak("A100", "fp32", 19.5e12, "NVIDIA A100 Tensor Core GPU data sheet (SXM/PCIe): FP32 19.5 TFLOPS."),
-    GPUPeak("A100", "tf32", 156e12, "NVIDIA A100 data sheet: TF32 Tensor Core 156 TFLOPS dense (312 with sparsity)."),
-    GPUPeak("A100", "bf16", 312e12, "NVIDIA A100 data sheet: BF16 Tensor Core 312 TFLOPS dense (624 with sparsity)."),
-    GPUPeak("H100 SXM", "fp32", 67e12, "NVIDIA H100 Tensor Core GPU data sheet, SXM5: FP32 67 TFLOPS."),
-    GPUPeak("H100 SXM", "tf32", 494.5e12,
-            "NVIDIA H100 data sheet, SXM5: TF32 Tensor Core 989 TFLOPS with sparsity, ~495 dense."),
-    GPUPeak("H100 SXM", "bf16", 989.5e12,
-            "NVIDIA H100 data sheet, SXM5: BF16 Tensor Core 1979 TFLOPS with sparsity, ~989 dense."),
-    GPUPeak("T4", "fp32", 8.1e12, "NVIDIA T4 Tensor Core GPU data sheet: single precision 8.1 TFLOPS."),
-    GPUPeak("T4", "fp16", 65e12, "NVIDIA T4 data sheet: mixed precision (FP16/FP32) 65 TFLOPS."),
-)
-
-
-def gpu_peak(gpu: str, precision: str = "fp32") -> float:
-    """Data-sheet peak FLOP/s of ``gpu`` at ``precision`` (names as in ``GPU_PEAKS``, case-insensitive)."""
-    for p in GPU_PEAKS:
-        if p.gpu.lower() == gpu.lower() and p.precision == precision.lower():
-            return p.peak_flops
-    raise KeyError(f"no peak for {gpu!r} at {precision!r}; known: {[(p.gpu, p.precision) for p in GPU_PEAKS]}")
-
-
-# GPUs whose name (as torch.cuda.get_device_name() or a record's hardware gives it) has the
-# compute of a GPU in GPU_PEAKS: the H200 has the H100 SXM's, with more and faster memory.
-_DATASHEET_NAMES = (("H200", "H100 SXM"), ("H100", "H100 SXM"), ("A100", "A100"), ("RTX 4090", "RTX 4090"),
-                    ("RTX 3070 Ti", "RTX 3070 Ti"), ("T4", "T4"))
-
-
-def datasheet_peak(device_name: str, precision: str) -> float | None:
-    """Data-sheet dense peak FLOP/s of the GPU named in ``device_name`` at ``precision``, or None.
-
-    The denominator of MFU (model FLOPs utilisation): what the device's data sheet promises
-    in the precision the run used. None for a CPU or a GPU (or precision) not in ``GPU_PEAKS``:
-    then only the matmul-rate utilisation (against a measured matmul rate) can be given.
-    """
-    for fragment, listed_as in _DATASHEET_NAMES:
-        if fragment.lower() in device_name.lower():
-            for p in GPU_PEAKS:
-                if p.gpu == listed_as and p.precision == precision.lower():
-                    return p.peak_flops
-            return None
-    return None
 
 
 # --- arithmetic -----------------------------------------------------------------------------
@@ -290,39 +226,6 @@ def days_to_match(milestone_flops: float | Milestone, flops_per_s: float, mfu: f
 
 
 # --- measuring your own machine -------------------------------------------------------------
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def measure_matmul_flops(
-    n: int = 1024, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", repeats: int = 5
-) -> float:
-    """Measured FLOP/s of an ``n`` × ``n`` matmul: 2·n³ FLOP over the median of ``repeats`` timings.
-
-    One untimed warm-up runs first. This is the "what your own machine can do" number:
-    an upper bound on what training reaches, usually well below the data-sheet peak on CPUs.
-    """
-    if n < 1 or repeats < 1:
-        raise ValueError("n and repeats must be at least 1")
-    device = torch.device(device)
-    with torch.inference_mode():
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
-        a @ b  # warm-up: kernel selection, thread pool start, allocator
-        _synchronize(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-    seconds = max(statistics.median(times), 1e-9)  # guard a timer too coarse for a tiny n
-    return 2.0 * n**3 / seconds
 
 
 # --- re-checking a plan ---------------------------------------------------------------------
