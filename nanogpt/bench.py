@@ -1,13 +1,13 @@
 """``python -m nanogpt bench``: how fast the course's models run on this machine.
 
-Measured in one process, in one run: matmul throughput (the yardstick), training step time,
-tokens/s, the matmul-rate utilisation (against that yardstick) and, on a GPU with a known data
-sheet, the MFU (against the data-sheet peak), in fp32 and, where the hardware multiplies bf16
-natively, with bf16 autocast; the naive ``Head``-based model against the fused GPT
+Measured in one run: matmul throughput (the yardstick), training step time, tokens/s, the
+matmul-rate utilisation (against that yardstick) and, on a GPU with a known data sheet, the
+MFU (against the data-sheet peak), in fp32 and, where the hardware multiplies bf16 natively,
+with bf16 autocast; the naive ``Head``-based model against the fused GPT
 (``attention.naive_twin``: the same function and weights); peak memory of a training step
-and where it goes; generation with and without the key/value cache. The machine may be
-shared and noisy: the variants' steps are alternated, every figure is a median, and the
-thread count is pinned and reported.
+(each precision in a fresh process of its own) and where it goes; generation with and without
+the key/value cache. The machine may be shared and noisy: the variants' steps are alternated
+in one process, every figure is a median, and the thread count is pinned and reported.
 """
 from __future__ import annotations
 
@@ -146,37 +146,61 @@ def peak_rss_gib() -> float:
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
+def _run_steps(config: GPTConfig, batch_size: int, device: str, dtype: torch.dtype, steps: int) -> None:
+    """Build the model on ``device`` (seeded) and run ``steps`` full training steps on one batch."""
+    torch.manual_seed(0)
+    model = GPT(config).to(device)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
+    step = make_step(model, (x, x), device, dtype)
+    for _ in range(steps):
+        step()
+
+
+def probe_step_peak_gib(config: GPTConfig, batch_size: int, device: str, threads: int,
+                        dtype: torch.dtype = torch.float32, steps: int = 2) -> float:
+    """The peak memory of ``steps`` training steps, measured in this process, in GiB.
+
+    Meant to run alone in a fresh process (``step_peak_memory_gib`` starts one per precision),
+    so that nothing another measurement left behind is counted. On CUDA it is the caching
+    allocator's peak (``torch.cuda.max_memory_allocated``) since a reset before the model is
+    built: weights, gradients, AdamW's moments, activations and the kernels' workspaces. On a
+    CPU it is the process's peak resident size (``peak_rss_gib``), the torch runtime included.
+    """
+    torch.set_num_threads(threads)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    _run_steps(config, batch_size, device, dtype, steps)
+    if cuda:
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_rss_gib()
+
+
+# What step_peak_memory_gib runs in a fresh process: argv is config (JSON), threads, batch size, dtype, device.
 _MEMORY_PROBE = """
 import json, sys, torch
-from nanogpt.bench import make_step, peak_rss_gib
-from nanogpt.model import GPT, GPTConfig
-cfg = json.loads(sys.argv[1]); torch.set_num_threads(int(sys.argv[2]))
-B, dtype = int(sys.argv[3]), getattr(torch, sys.argv[4])
-torch.manual_seed(0)
-model = GPT(GPTConfig(**cfg))
-x = torch.randint(0, cfg["vocab_size"], (B, cfg["block_size"]))
-step = make_step(model, (x, x), "cpu", dtype)
-for _ in range(2):
-    step()
-print(json.dumps({"peak_gib": peak_rss_gib()}))
+from nanogpt.bench import probe_step_peak_gib
+from nanogpt.model import GPTConfig
+cfg, threads, B, dtype, device = sys.argv[1:6]
+peak = probe_step_peak_gib(GPTConfig(**json.loads(cfg)), int(B), device, int(threads), getattr(torch, dtype))
+print(json.dumps({"peak_gib": peak}))
 """
 
 
 def step_peak_memory_gib(config: GPTConfig, batch_size: int, device: str, threads: int,
                          dtype: torch.dtype = torch.float32) -> float:
-    """Peak memory of training steps: CUDA's allocator peak, or on a CPU the peak resident
-    size of a fresh process that builds the model and runs two steps (model, optimizer
-    state, activations and the torch runtime together; ``peak_rss_gib``)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        model = GPT(config).to(device)
-        x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
-        make_step(model, (x, x), device, dtype)()
-        return torch.cuda.max_memory_allocated() / 2**30
+    """Peak memory of two training steps in ``dtype``, measured in a fresh process
+    (``probe_step_peak_gib``): CUDA's allocator peak on a GPU, the peak resident size on a
+    CPU. One process per call, so each precision's peak is its own: an in-process probe would
+    count whatever the benchmark (or an earlier probe) still holds."""
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(config.to_dict()), str(threads),
-                          str(batch_size), str(dtype).replace("torch.", "")],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)["peak_gib"]
+                          str(batch_size), str(dtype).replace("torch.", ""), str(device)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the memory probe ({dtype}, {device}) failed with exit {out.returncode}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_gib"]
 
 
 # What each kind of module keeps for the backward pass, in words.
@@ -315,7 +339,8 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
         log(f"  bf16 autocast {median['fused_bf16'] * 1000:.0f} ms/iter ({result['bf16_speedup']:.2f}x fp32)")
     del naive, variants
 
-    log("peak memory of a training step (a fresh process, two steps)...")
+    log("peak memory of two training steps (a fresh process for each precision"
+        + (": the CUDA allocator's peak)..." if device_type == "cuda" else ": its peak resident size)..."))
     result["step_peak_mem_gib"] = step_peak_memory_gib(config, batch_size, device, threads)
     result["step_memory_breakdown_gib"] = step_memory_breakdown(fused, (x, y), device)
     if bf16:

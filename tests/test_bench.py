@@ -114,3 +114,94 @@ def test_step_peak_memory_is_the_probe_s_own_not_its_parent_s():
     peak = step_peak_memory_gib(config, B, "cpu", threads=1)
     assert 0.05 < peak < 1.0, peak  # the torch runtime and a tiny model, not the ballast
     del ballast
+
+
+class FakeCudaAllocator:
+    """What torch.cuda's allocator statistics report, for one process: bytes allocated now,
+    the peak since the last reset, and what each call saw."""
+
+    def __init__(self):
+        self.allocated = self.peak = 0
+        self.calls: list[str] = []
+
+    def allocate(self, nbytes: int) -> None:
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, nbytes: int) -> None:
+        self.allocated -= nbytes
+
+    def reset_peak_memory_stats(self, device=None) -> None:
+        self.calls.append("reset")
+        self.peak = self.allocated
+
+    def max_memory_allocated(self, device=None) -> int:
+        self.calls.append("max")
+        return self.peak
+
+
+def test_cuda_step_peak_is_measured_in_a_fresh_process_for_each_precision(monkeypatch):
+    # The GPU's queries are mocked: every "process" gets its own fake allocator. A probe's steps
+    # allocate their precision's peak and leave 1 GiB behind (as a benchmark's own model and
+    # batches would), so a probe that ran in the parent, or two probes in one process, would
+    # report the leftover on top of the second precision's peak.
+    import contextlib
+    import io
+    import json
+    import subprocess
+    import sys as _sys
+
+    import nanogpt.bench as bench
+
+    gib = 2**30
+    step_peaks = {torch.float32: int(2.5 * gib), torch.bfloat16: int(1.5 * gib)}
+    processes: list[FakeCudaAllocator] = []
+    argvs: list[list[str]] = []
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the parent process read or reset its own CUDA allocator statistics")
+
+    for name in ("reset_peak_memory_stats", "max_memory_allocated", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def fake_steps(config, batch_size, device, dtype, steps):
+        assert torch.device(device).type == "cuda" and steps == 2
+        allocator = processes[-1]
+        assert allocator.calls == ["reset"], "the peak must be reset before the model is built"
+        allocator.allocate(step_peaks[dtype])
+        allocator.free(step_peaks[dtype] - gib)  # 1 GiB left allocated after the steps
+
+    def fake_run(argv, **kwargs):  # a fresh process: its own allocator, the probe's own code
+        assert argv[0] == _sys.executable and argv[1] == "-c"
+        argvs.append(argv)
+        allocator = FakeCudaAllocator()
+        processes.append(allocator)
+        with monkeypatch.context() as child:
+            child.setattr(torch.cuda, "reset_peak_memory_stats", allocator.reset_peak_memory_stats)
+            child.setattr(torch.cuda, "max_memory_allocated", allocator.max_memory_allocated)
+            child.setattr(torch.cuda, "synchronize", lambda device=None: None)
+            child.setattr(torch, "set_num_threads", lambda n: None)
+            child.setattr(_sys, "argv", ["-c", *argv[3:]])
+            child.setattr(bench, "_run_steps", fake_steps)
+            stdout = io.StringIO()
+            with contextlib.redirect_stdout(stdout):
+                exec(compile(argv[2], "<memory probe>", "exec"), {"__name__": "__main__"})
+        return subprocess.CompletedProcess(argv, 0, stdout.getvalue(), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    config = GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=C)
+    peaks = {dtype: bench.step_peak_memory_gib(config, 64, "cuda", 16, dtype) for dtype in step_peaks}
+
+    assert peaks == {torch.float32: 2.5, torch.bfloat16: 1.5}  # each its own, bf16 below fp32
+    assert len(processes) == 2 and all(p.calls == ["reset", "max"] for p in processes)
+    assert [argv[-2:] for argv in argvs] == [["float32", "cuda"], ["bfloat16", "cuda"]]
+    assert json.loads(argvs[0][3]) == config.to_dict()
+
+
+def test_the_memory_probe_reports_a_failed_child(monkeypatch):
+    import nanogpt.bench as bench
+
+    config = GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=C)
+    with pytest.raises(RuntimeError, match="memory probe .* failed"):
+        bench.step_peak_memory_gib(config, B, "nonexistent-device", 1)
