@@ -138,17 +138,18 @@ def cmd_train(args: argparse.Namespace) -> None:
                "full_eval_time_s": round(full_s, 1),
                "kept_step": (best if kept_best else final)["iter"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"sample with: python -m nanogpt sample --checkpoint {out_dir / 'best.pt' if kept_best else out_dir}")
+    print(f"sample with: python -m nanogpt sample --checkpoint {out_dir}  (the folder: the weights the run kept)")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from .runtime import pick_device
     from .checkpoint import load_checkpoint
+    from .runtime import pick_device
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
+    model, tokenizer, state = load_checkpoint(args.checkpoint, device)
+    print(f"sampling from the weights of step {state.get('iter', 0):,}", file=sys.stderr)
     if tokenizer is None:
         raise ValueError(f"checkpoint {args.checkpoint} holds no tokenizer")
     model.eval()

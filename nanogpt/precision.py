@@ -9,11 +9,27 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from .runtime import cpu_flags
+
+
+def cpuinfo_field(field_names: tuple[str, ...]) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line naming one of ``field_names`` (Linux only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field_names):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (``avx2``, ``amx_bf16``, ...); empty elsewhere."""
+    return set((cpuinfo_field(("flags", "Features")) or "").split())
 
 
 class Precision(NamedTuple):

@@ -66,6 +66,29 @@ def fix_length(cfg: TrainConfig, done: int, step_ms: list[float]) -> int | None:
     return planned_steps(cfg, done, step_ms) if done >= calibration_steps(cfg) else None
 
 
+def evaluations_left(done: int, total: int, eval_interval: int) -> int:
+    """Loss estimates after step ``done`` up to the end at ``total``: every ``eval_interval`` and the last."""
+    if total <= done:
+        return 0
+    return total // eval_interval - done // eval_interval + (1 if total % eval_interval else 0)
+
+
+def expected_train_seconds(step_ms: list[float], done: int, total: int) -> float:
+    """Seconds of training steps a run takes in all: those spent, and the rest at the median step
+    of this process (after its first ``CALIBRATION_SKIP``: allocation, warm-up, compilation)."""
+    timed = step_ms[CALIBRATION_SKIP:] or step_ms
+    return sum(step_ms) / 1000 + (total - done) * statistics.median(timed) / 1000
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in words: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} seconds"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
 def eval_batches(cfg: TrainConfig) -> int:
     """Batches per split in each loss estimate: ``eval_iters``, but at most half the run's steps.
 

@@ -10,8 +10,8 @@ Beside it: ``schedule.py``, ``checkpoint.py``, ``precision.py``, ``distributed.p
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,12 +22,13 @@ import torch.nn as nn
 from .checkpoint import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, CheckpointError, load_weights, model_spec, new_run_id,
                          rank_state, resume_state, save_checkpoint)
 from .cpu_tuning import tune_for_cpu
-from .distributed import DistInfo, any_rank, gather_to_master, leave_distributed, mean_over_ranks, setup_distributed
+from .distributed import any_rank, gather_to_master, leave_distributed, mean_over_ranks
 from .evaluate import BatchSource, best_evaluation, estimate_loss, progress_bar
 from .model import configure_adamw
-from .precision import Precision, autocast, default_peak_flops, precision_plan, short_name
-from .runtime import pick_device
-from .schedule import eval_batches, fix_length, lr_at
+from .precision import short_name
+from .runtime import RunSetup, set_up, wrap_model
+from .schedule import (CALIBRATION_SKIP, CALIBRATION_STEPS, duration, eval_batches, evaluations_left,
+                       expected_train_seconds, fix_length, lr_at)
 from .stopping import NonFiniteLossError, StopOnSignal, TrainingInterrupted
 
 clock = time.perf_counter  # what steps and evaluations are timed with (a test may replace it)
@@ -54,7 +55,7 @@ class TrainConfig:
     eval_iters: int = 200            # batches per split in a loss estimate (fewer in short runs: eval_batches)
     device: str = "auto"
     dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (see precision_plan)
-    compile: bool = False
+    compile: bool | None = None      # torch.compile; None: on CUDA GPUs that can (runtime.compile_plan)
     seed: int = 1337
     peak_flops: float | None = None  # for MFU; None: a known GPU's data-sheet peak, else no MFU
     time_budget_s: float | None = None  # train about this many seconds: the step count is fixed by timing warmup
@@ -86,6 +87,7 @@ class History:
     evals: list[dict] = field(default_factory=list)  # iter, train, val (one key per source)
     eval_seconds: float = 0.0                        # wall time spent in evaluations (not in "ms")
     planned_iters: int | None = None                 # a time-budget run's length, fixed by timing its warmup
+    expected_seconds: float | None = None            # training-step seconds the run expected, after timing them
 
     def column(self, key: str, table: str = "steps") -> list:
         return [row[key] for row in getattr(self, table)]
@@ -104,51 +106,7 @@ class History:
         return asdict(self)
 
 
-# --- set-up and the run's state -----------------------------------------------------------
-
-@dataclass
-class RunSetup:
-    """Where and how a run computes, as ``set_up`` decided."""
-
-    device: str
-    device_type: str
-    dist: DistInfo
-    precision: Precision
-    autocast: AbstractContextManager  # entered around every forward pass
-    scaler: torch.amp.GradScaler      # scales fp16 losses; a no-op otherwise
-    peak_flops: float | None          # data-sheet peak for MFU
-
-
-def set_up(cfg: TrainConfig, width: int | None = None) -> RunSetup:
-    """Pick the device, join the torchrun process group, choose the precision (for a model
-    ``width`` wide, see ``precision_plan``), seed the RNG.
-
-    This changes process-wide state, on purpose and only here:
-    - under torchrun, it joins the process group (``train`` leaves it again if it joined);
-    - on Ampere or newer GPUs, it allows TF32 for fp32 matmuls and convolutions;
-    - it seeds torch's global RNG, which draws dropout masks, with ``cfg.seed + rank``, so each
-      rank has its own masks (``restore`` then replaces the state with the saved one).
-    """
-    device = pick_device(cfg.device)
-    device_type = torch.device(device).type
-    dist_info = setup_distributed(device_type)
-    if cfg.time_budget_s is not None and dist_info.world_size > 1:
-        raise ValueError("time_budget_s is for single-process runs: under DDP the ranks' clocks "
-                         "could stop them at different steps; use max_iters")
-    if device_type == "cuda" and dist_info.world_size > 1:
-        device = f"cuda:{dist_info.local_rank}"
-    precision = precision_plan(device_type, cfg.dtype, width)
-    if precision.tf32:  # fp32 matmuls on TF32 tensor cores (10-bit mantissa), as GPUs train since Ampere
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed + dist_info.rank)
-    return RunSetup(
-        device=device, device_type=device_type, dist=dist_info, precision=precision,
-        autocast=autocast(device_type, precision.dtype),
-        scaler=torch.amp.GradScaler(device_type, enabled=precision.use_scaler),
-        peak_flops=cfg.peak_flops or default_peak_flops(device_type, precision.dtype),
-    )
-
+# --- the run's state ---------------------------------------------------------------------
 
 @dataclass
 class Run:
@@ -233,17 +191,6 @@ def restore(run: Run) -> None:
     run.run_id = state.get("run_id") or run.run_id
 
 
-def wrap_model(model: nn.Module, cfg: TrainConfig, setup: RunSetup) -> nn.Module:
-    """``torch.compile`` and, under torchrun, DDP around ``model`` (sharing its weights)."""
-    if cfg.compile:
-        model = torch.compile(model)
-    if setup.dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[setup.dist.local_rank] if setup.device_type == "cuda" else None)
-    return model
-
-
 # --- one step, one evaluation -------------------------------------------------------------
 
 def next_batch(train_batches: BatchSource, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,6 +253,21 @@ def evaluate(model: nn.Module, eval_sources: dict[str, BatchSource], it: int, hi
     return losses
 
 
+def _timing_line(run: Run, start: int, with_mfu: bool) -> str:
+    """What the steps this process has timed say the run will take, in one line; the expected
+    seconds of training steps go into the run's history."""
+    rows = run.history.steps[start - run.it:]
+    ms = [row["ms"] for row in rows]
+    expected = expected_train_seconds(ms, run.it - start, run.total_iters - start)
+    run.history.expected_seconds = run.history.train_seconds - sum(ms) / 1000 + expected
+    per_eval = run.history.eval_seconds / max(1, len(run.history.evals))
+    evals = evaluations_left(run.it, run.total_iters, run.cfg.eval_interval) * per_eval
+    mfu = f", MFU {statistics.median(row['mfu'] for row in rows):.0%}" if with_mfu else ""
+    return (f"timing: {statistics.median(ms[CALIBRATION_SKIP:]):.1f} ms a step{mfu} (the first took {ms[0] / 1000:.1f} s, "
+            f"{'compiling and ' if run.setup.compile else ''}warming up); {run.total_iters - run.it:,} steps to go: "
+            f"about {duration(expected - sum(ms) / 1000)} of training and {duration(evals)} of loss estimates")
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 def train(
@@ -341,7 +303,8 @@ def train(
         restore(run)
     elif run.out_dir is not None and setup.dist.is_master:
         run.path(BEST_CHECKPOINT_NAME).unlink(missing_ok=True)  # a fresh run: an old best.pt is not its best
-    wrapped = wrap_model(model, cfg, setup)
+    wrapped = wrap_model(model, setup)
+    start, timed = run.it, False  # this process times its first CALIBRATION_STEPS steps
     run.batch = run.batch or next_batch(train_batches, setup.device)
     tokens_per_step = run.batch[0].numel() * cfg.grad_accum_steps * setup.dist.world_size
     mfu_of = model.estimate_mfu if (hasattr(model, "estimate_mfu") and setup.peak_flops) else None
@@ -392,6 +355,10 @@ def train(
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 run.it += 1
+                if not timed and run.it - start >= CALIBRATION_STEPS and run.total_iters is not None:
+                    timed, line = True, _timing_line(run, start, mfu_of is not None)
+                    if show:
+                        bar.write(line)
         best = run.history.best_eval
         if cfg.keep_best and best is not None and best is not run.history.evals[-1]:
             load_weights(model, run.best_weights, run.path(BEST_CHECKPOINT_NAME) or "the best weights")

@@ -135,3 +135,23 @@ def test_precision_plan_on_this_gpu():
     plan = precision_plan("cuda")
     assert plan.dtype == (torch.bfloat16 if native_bf16 else torch.float16)
     assert plan.use_scaler == (not native_bf16)
+
+
+@pytest.mark.parametrize("device_type,platform,triton,capability,requested,expected,reason", [
+    ("cuda", "linux", True, (9, 0), None, True, "torch.compile"),
+    ("cuda", "linux", False, (9, 0), None, False, "Triton, which is not installed"),
+    ("cuda", "win32", True, (8, 6), None, False, "does not run on Windows"),
+    ("cuda", "linux", True, (6, 1), None, False, "compute capability 7.0 or newer"),
+    ("cpu", "linux", True, None, None, False, "on CUDA GPUs only"),
+    ("cpu", "linux", True, None, True, True, "as requested"),
+    ("cuda", "linux", True, (9, 0), False, False, "eager, as requested"),
+])
+def test_compile_is_on_by_default_where_triton_can_run(monkeypatch, device_type, platform, triton, capability,
+                                                       requested, expected, reason):
+    import nanogpt.runtime as R
+
+    monkeypatch.setattr(R.sys, "platform", platform)
+    monkeypatch.setattr(R.importlib.util, "find_spec", lambda name, *a: object() if triton else None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    use, why = R.compile_plan(device_type, requested)
+    assert use is expected and reason in why

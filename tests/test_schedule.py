@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 import nanogpt.train
-from nanogpt.schedule import CALIBRATION_STEPS, calibration_steps, eval_batches, fix_length, lr_at, planned_steps
+from nanogpt.schedule import (CALIBRATION_STEPS, calibration_steps, eval_batches, evaluations_left,
+                              expected_train_seconds, fix_length, lr_at, planned_steps)
 from nanogpt.stopping import TrainingInterrupted
 from nanogpt.train import TrainConfig
 from train_helpers import run
@@ -108,3 +109,19 @@ def test_eval_batches_shrink_for_short_runs():
     assert eval_batches(TrainConfig(max_iters=4, eval_iters=200)) == 10   # but at least 10
     assert eval_batches(TrainConfig(max_iters=4, eval_iters=3)) == 3      # never more than asked
     assert eval_batches(TrainConfig(max_iters=None, time_budget_s=60, eval_iters=200)) == 200
+
+
+def test_the_run_times_its_first_steps_and_says_what_the_rest_will_take(fake_clock, capsys):
+    _, history = run(100, eval_interval=40, progress=True)
+    # Every step takes 5 ms on the fake clock: the 100 steps take 0.5 s, as the timing expected.
+    assert history.expected_seconds == pytest.approx(history.train_seconds) == pytest.approx(0.5)
+    err = capsys.readouterr()
+    line = next(line for line in (err.out + err.err).splitlines() if line.startswith("timing:"))
+    assert "5.0 ms a step" in line and "80 steps to go" in line
+    assert evaluations_left(20, 100, 40) == 3 and evaluations_left(80, 100, 40) == 1
+    assert evaluations_left(100, 100, 40) == 0 and evaluations_left(0, 80, 40) == 2
+
+
+def test_expected_train_seconds_skips_the_first_steps_and_counts_the_rest_at_the_median():
+    ms = [5000.0, 30.0, 20.0] + [10.0] * 17  # a first step that compiles
+    assert expected_train_seconds(ms, 20, 120) == pytest.approx(sum(ms) / 1000 + 100 * 0.010)
