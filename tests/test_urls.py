@@ -145,6 +145,14 @@ def test_install_cell_pins_this_version_with_the_extras_the_notebook_needs(path)
     assert "remove-input" in first["metadata"].get("tags", []), f"{path.name}: tag the install cell remove-input"
 
 
+def test_the_changelog_has_an_entry_for_this_version_at_its_top():
+    versions = re.findall(r"^## (\d+\.\d+\.\d+) \(\d{4}-\d{2}-\d{2}\)$",
+                          (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert versions and versions[0] == VERSION, f"CHANGELOG.md's newest entry is {versions[:1]}, the package is {VERSION}"
+    as_tuples = [tuple(map(int, v.split("."))) for v in versions]
+    assert as_tuples == sorted(as_tuples, reverse=True) and len(set(versions)) == len(versions)
+
+
 def test_contributing_shows_the_install_cell():
     text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
     shown = [b.rstrip("\n") for b in fenced_blocks(text, ("python",))]
