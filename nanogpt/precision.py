@@ -7,12 +7,16 @@ gives a known GPU's data-sheet peak in that dtype, the denominator of MFU.
 """
 from __future__ import annotations
 
+import copy
+import statistics
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn as nn
 
 
 
@@ -72,7 +76,14 @@ def has_native_bf16(device: str) -> bool:
     return device_type == "cpu" and cpu_has_native_bf16()
 
 
-def precision_plan(device_type: str, requested: str = "auto", width: int | None = None) -> Precision:
+# ``auto`` on a CPU with bf16 units times a few training steps of the model in both precisions
+# and takes bf16 only when it is at least this much faster: fp32 is exact, and a gain within the
+# timing noise is not worth it.
+BF16_MIN_SPEEDUP = 1.05
+
+
+def precision_plan(device_type: str, requested: str = "auto", width: int | None = None,
+                   time_step: Callable[[torch.dtype], float] | None = None) -> Precision:
     """The precision to train a model ``width`` wide (its ``n_embd``) with on ``device_type``.
 
     ``auto`` picks:
@@ -80,9 +91,10 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
       autocast, and TF32 for what stays in fp32;
     - an older GPU (T4, V100: 7.x): fp16 autocast with a GradScaler. Such GPUs only emulate
       bf16 (``torch.cuda.is_bf16_supported()`` says True), slowly;
-    - a CPU with AMX bf16 units: bf16 autocast;
-    - a CPU with AVX512-BF16 but no AMX: bf16 autocast for models at least ``CPU_BF16_MIN_WIDTH``
-      wide (or of unknown width), fp32 for narrower ones;
+    - a CPU with bf16 units (AMX or AVX512-BF16) and a ``time_step(dtype) -> seconds`` to time the
+      model's training step: the faster of fp32 and bf16, by ``BF16_MIN_SPEEDUP`` (fp32 on a tie);
+    - such a CPU without ``time_step``: bf16 with AMX; with AVX512-BF16 alone, bf16 for models at
+      least ``CPU_BF16_MIN_WIDTH`` wide (or of unknown width), fp32 for narrower ones;
     - any other CPU, and MPS: fp32.
     An explicit ``requested`` dtype wins; fp16 always gets the scaler.
     """
@@ -95,6 +107,13 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
                   else "fp16 autocast with a GradScaler: the GPU has fp16 tensor cores, bf16 only emulated")
     elif device_type == "cpu" and not cpu_has_native_bf16():
         dtype, reason = torch.float32, "fp32: this CPU has no bf16 matrix units (AVX512-BF16 or AMX)"
+    elif device_type == "cpu" and time_step is not None:
+        fp32_s, bf16_s = time_step(torch.float32), time_step(torch.bfloat16)
+        speedup = fp32_s / bf16_s
+        dtype = torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32
+        timed = f"a step took {bf16_s * 1000:.1f} ms in bf16 and {fp32_s * 1000:.1f} ms in fp32 here ({speedup:.2f}x)"
+        reason = (f"bf16 autocast: {timed}" if dtype == torch.bfloat16
+                  else f"fp32: {timed}, under the {BF16_MIN_SPEEDUP:.2f}x bf16 must gain")
     elif device_type == "cpu" and "amx_bf16" in cpu_flags():
         dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has AMX bf16 matrix units"
     elif device_type == "cpu" and width is not None and width < CPU_BF16_MIN_WIDTH:
@@ -110,8 +129,38 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
     return Precision(dtype, use_scaler=dtype == torch.float16, tf32=ampere_or_newer, reason=reason)
 
 
+def cpu_step_timer(model: nn.Module, batch_size: int, steps: int = 3) -> Callable[[torch.dtype], float] | None:
+    """``time_step`` for ``precision_plan``: the median seconds of ``steps`` training steps (after
+    one untimed) of a copy of ``model`` in a dtype, on random tokens. The model, its optimiser and
+    the random-number state stay untouched. None for a model without a GPT's ``config``."""
+    config = getattr(model, "config", None)
+    if not all(hasattr(config, name) for name in ("vocab_size", "block_size")):
+        return None
+
+    def time_step(dtype: torch.dtype) -> float:
+        from .cpu_tuning import tune_for_cpu
+        from .model import configure_adamw
+
+        with torch.random.fork_rng(devices=[]):
+            twin = tune_for_cpu(copy.deepcopy(model).to("cpu").train())
+            optimizer = configure_adamw(twin, 0.1, 1e-4, (0.9, 0.99), "cpu")
+            x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+            seconds = []
+            for _ in range(steps + 1):
+                t0 = time.perf_counter()
+                with autocast("cpu", dtype):
+                    _, loss = twin(x, x)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                seconds.append(time.perf_counter() - t0)
+        return statistics.median(seconds[1:])
+
+    return time_step
+
+
 def resolve_dtype(device_type: str, requested: str = "auto", width: int | None = None) -> torch.dtype:
-    """The autocast dtype ``precision_plan`` chooses."""
+    """The autocast dtype ``precision_plan`` chooses without timing the model."""
     return precision_plan(device_type, requested, width).dtype
 
 

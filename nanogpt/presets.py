@@ -15,7 +15,7 @@ import torch
 
 from .data import DATASETS, RandomBatches, load_text, train_val_split
 from .model import GPT, GPTConfig
-from .precision import Precision, default_peak_flops, precision_plan
+from .precision import Precision, cpu_has_native_bf16, default_peak_flops, precision_plan
 from .runtime import compile_plan, pick_device
 from .schedule import CALIBRATION_STEPS, calibration_steps, eval_batches
 from .tokenizer import CharTokenizer
@@ -185,7 +185,10 @@ def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
     plan = plan_run(preset, device, max_iters, eval_iters)
     cfg, m = plan.config, preset.model
     micro = f"{cfg.grad_accum_steps} x " if cfg.grad_accum_steps > 1 else ""
-    lines = [f"plan: {preset.name} on {device}, trained on {preset.dataset}, {plan.precision.reason}",
+    timed = torch.device(device).type == "cpu" and cfg.dtype == "auto" and cpu_has_native_bf16()
+    precision = ("fp32 or bf16 autocast, whichever trains this model faster here: timed before the first step"
+                 if timed else plan.precision.reason)
+    lines = [f"plan: {preset.name} on {device}, trained on {preset.dataset}, {precision}",
              f"  compile   {plan.compile_reason}",
              f"  model     {plan.parameters:,} parameters ({m.n_layer} layers, {m.n_head} heads, "
              f"{m.n_embd} wide, context {m.block_size})",

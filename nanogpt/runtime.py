@@ -12,7 +12,7 @@ import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
@@ -101,9 +101,10 @@ def compile_plan(device_type: str, requested: bool | None = None) -> tuple[bool,
     return True, "torch.compile: the first steps compile the model, the rest run its fused kernels"
 
 
-def set_up(cfg: TrainConfig, width: int | None = None) -> RunSetup:
+def set_up(cfg: TrainConfig, width: int | None = None,
+           time_step: Callable[[torch.dtype], float] | None = None) -> RunSetup:
     """Pick the device, join the torchrun process group, choose the precision (for a model
-    ``width`` wide, see ``precision_plan``), seed the RNG.
+    ``width`` wide, timed with ``time_step`` where that decides: see ``precision_plan``), seed the RNG.
 
     This changes process-wide state, on purpose and only here:
     - under torchrun, it joins the process group (``train`` leaves it again if it joined);
@@ -119,7 +120,7 @@ def set_up(cfg: TrainConfig, width: int | None = None) -> RunSetup:
                          "could stop them at different steps; use max_iters")
     if device_type == "cuda" and dist_info.world_size > 1:
         device = f"cuda:{dist_info.local_rank}"
-    precision = precision_plan(device_type, cfg.dtype, width)
+    precision = precision_plan(device_type, cfg.dtype, width, time_step)
     if precision.tf32:  # fp32 matmuls on TF32 tensor cores (10-bit mantissa), as GPUs train since Ampere
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

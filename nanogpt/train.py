@@ -25,7 +25,7 @@ from .cpu_tuning import tune_for_cpu
 from .distributed import any_rank, gather_to_master, leave_distributed, mean_over_ranks
 from .evaluate import BatchSource, best_evaluation, estimate_loss, progress_bar
 from .model import configure_adamw
-from .precision import short_name
+from .precision import cpu_step_timer, short_name
 from .runtime import RunSetup, set_up, wrap_model
 from .schedule import (CALIBRATION_SKIP, CALIBRATION_STEPS, duration, eval_batches, evaluations_left,
                        expected_train_seconds, fix_length, lr_at)
@@ -292,7 +292,7 @@ def train(
     whole step, saved, with ``TrainingInterrupted``. ``set_up`` says what global state it sets.
     """
     cfg = config
-    setup = set_up(cfg, getattr(getattr(model, "config", None), "n_embd", None))
+    setup = set_up(cfg, getattr(getattr(model, "config", None), "n_embd", None), cpu_step_timer(model, cfg.batch_size))
     model.to(setup.device).train()
     if setup.device_type == "cpu":
         tune_for_cpu(model)

@@ -10,7 +10,7 @@ from nanogpt.data import RandomBatches
 from nanogpt.evaluate import evaluate_full
 from nanogpt.precision import Precision, default_peak_flops, precision_plan, resolve_dtype
 from nanogpt.train import TrainConfig, set_up, train
-from train_helpers import needs_cuda
+from train_helpers import TINY, needs_cuda
 
 
 @pytest.mark.parametrize("gpu,dtype,peak", [
@@ -155,3 +155,41 @@ def test_compile_is_on_by_default_where_triton_can_run(monkeypatch, device_type,
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     use, why = R.compile_plan(device_type, requested)
     assert use is expected and reason in why
+
+
+@pytest.mark.parametrize("fp32_ms,bf16_ms,expected", [
+    (30.0, 20.0, torch.bfloat16),   # 1.5x: bf16 pays
+    (30.0, 29.0, torch.float32),    # 1.03x: within the noise, fp32 is exact
+    (30.0, 45.0, torch.float32),    # bf16 slower (small heads, casts)
+])
+def test_auto_on_a_cpu_with_bf16_units_takes_the_faster_precision_as_timed(monkeypatch, fp32_ms, bf16_ms, expected):
+    import nanogpt.precision as P
+
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})  # the static rule says bf16
+    timed = []
+
+    def time_step(dtype):
+        timed.append(dtype)
+        return (fp32_ms if dtype == torch.float32 else bf16_ms) / 1000
+
+    plan = precision_plan("cpu", time_step=time_step)
+    assert plan.dtype == expected and sorted(map(str, timed)) == ["torch.bfloat16", "torch.float32"]
+    assert f"{bf16_ms:.1f} ms in bf16 and {fp32_ms:.1f} ms in fp32" in plan.reason
+    assert precision_plan("cpu", "float32", time_step=time_step).dtype == torch.float32  # forced: no timing
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    assert precision_plan("cpu", time_step=lambda dtype: pytest.fail("no bf16 units: nothing to time")).dtype == torch.float32
+
+
+def test_the_step_timer_leaves_the_model_and_the_random_state_alone():
+    from nanogpt.precision import cpu_step_timer
+
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    seconds = cpu_step_timer(model, batch_size=2, steps=2)(torch.float32)
+    assert seconds > 0 and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert type(model.transformer.drop) is torch.nn.Dropout  # the copy was tuned, not the model
+    assert cpu_step_timer(torch.nn.Linear(2, 2), batch_size=2) is None  # no GPT config: nothing to time
