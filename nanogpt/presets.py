@@ -1,7 +1,7 @@
 """Named training runs: a model configuration, a training configuration and the data they use.
 
 ``PRESETS`` is the one registry of the course's runs. ``train_preset`` is the course's main
-job (``python -m nanogpt train``) and what chapter 06 runs: it prepares the data, builds the
+job (``python -m nanogpt train``): it prepares the data, builds the
 model, trains it and returns everything. ``plan_run`` works out what a run will cost before
 it starts (``describe_plan`` says it in words).
 """
@@ -51,9 +51,9 @@ PRESETS: dict[str, RunPreset] = {
                           keep_best=True),
         description="6 layers, 6 heads, 384 wide, context 256, dropout 0.2 (GPU-sized)",
     ),
-    # Sized for a CPU: nanoGPT's suggested CPU model (128 wide) one layer deeper, trained for ten
-    # minutes by the clock (the schedule follows the time spent). Chosen by chapter 06's 10-minute
-    # race: on a small CPU, many small, fast steps win; at lr 3e-3 a context of 128 (batch 6, the
+    # Sized for a CPU: nanoGPT's suggested CPU model (128 wide) one layer deeper, trained for about
+    # ten minutes (the steps that fit, counted from its timed warmup). Chosen by a 10-minute race
+    # (benchmarks/cpu_race.py, 2-core Intel Xeons with AMX): on a small CPU, many small, fast steps win; at lr 3e-3 a context of 128 (batch 6, the
     # same 768 tokens a step) beat 64 and 256; at context 128, lr 3e-3 beat 1e-3 (at 64 they tied);
     # ending the cosine at lr / 100 beat lr / 10; nanoGPT's model (no biases, exact GELU), cheaper a
     # step than GPT-2's, won; bf16 autocast (on a CPU with AMX) bought a fifth more steps, and with
@@ -70,7 +70,7 @@ PRESETS: dict[str, RunPreset] = {
     # GPT-2 small (124M) as build-nanogpt trains it: 2**19 = 524,288 tokens per step (64 x 1,024
     # tokens, 8 micro-steps on one GPU), 19,073 steps = one pass over FineWeb-Edu's 10B-token
     # sample. The vocabulary is padded from 50,257 to 50,304 (a multiple of 128) for speed.
-    # Chapter 07 builds its token shards; train_preset does not prepare this dataset.
+    # Its token shards come from nanogpt.data.tokenize_to_shards; train_preset does not prepare them.
     "gpt2": RunPreset(
         name="gpt2",
         model=GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
