@@ -21,7 +21,8 @@
 # one log per step, the environment, the executed chapters, and the records the steps wrote (in
 # DIR/records, via NANOGPT_RESULTS_DIR: copy the ones to keep into nanogpt/course/records).
 # --only STEP[,STEP...] runs a subset, in the order above; --chapters DIR takes the chapter
-# notebooks from DIR instead of chapters/; --setup-only stops after the set-up (no GPU needed).
+# notebooks from DIR instead of chapters/; --setup-only stops after the set-up (no GPU needed;
+# run it first where downloading the packages from the index may take longer than the set-up's 45 s).
 # PYTHON picks the interpreter (default .venv/bin/python, else python3); GPU_CHECK_GRACE_S the
 # seconds between a step's SIGINT and its kill (15); GPU_CHECK_REQUIRE_GPU=0 runs without a GPU
 # (to try the script itself: the steps that need CUDA then fail).
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY="${2:?--only needs step names, e.g. tests,bench}"; shift ;;
         --chapters) CHAPTERS="${2:?--chapters needs a folder}"; shift
                     case "$CHAPTERS" in /*) ;; *) CHAPTERS="$CALLER_DIR/$CHAPTERS" ;; esac ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_check: unknown argument '$1' (use --dry-run, --setup-only, --logs DIR, --only STEPS or --chapters DIR)" >&2
            exit 2 ;;
     esac
