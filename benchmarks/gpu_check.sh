@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY="${2:?--only needs step names, e.g. tests,bench}"; shift ;;
         --chapters) CHAPTERS="${2:?--chapters needs a folder}"; shift
                     case "$CHAPTERS" in /*) ;; *) CHAPTERS="$CALLER_DIR/$CHAPTERS" ;; esac ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_check: unknown argument '$1' (use --dry-run, --setup-only, --logs DIR, --only STEPS or --chapters DIR)" >&2
            exit 2 ;;
     esac
