@@ -1,9 +1,10 @@
 """The 10-minute CPU race: train a candidate preset for a wall-clock budget, score it on the
 full validation split, print one JSON line.
 
-Training runs on the trainer's time budget: the cosine schedule follows the share of the
-budget spent and stops when it is used up (evaluation time is not counted). Used to tune the
-``shakespeare-char-cpu`` preset; its results are shown in chapter 06.
+Training runs on the trainer's time budget: it times its warmup and fixes the number of steps
+that fill the budget, and the cosine follows the steps (evaluation time is not counted). The
+races recorded before 2026-12-06 ran an earlier form whose cosine followed the clock. Used to
+tune the ``shakespeare-char-cpu`` preset; its results are shown in chapter 06.
 
     python benchmarks/cpu_race.py --budget 600 --n-layer 4 --n-embd 192 --block 128 --batch 32 --lr 2e-3
 """
