@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
 import subprocess
 import sys
+from collections import defaultdict
 import time
 from pathlib import Path
 
 import torch
 
 from .attention import naive_twin
-from .model import GPT, GPTConfig
+from .cpu_tuning import tune_for_cpu
+from .model import GPT, GPTConfig, configure_adamw
+from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype
 from .presets import PRESETS
 from .runtime import describe_hardware, pick_device
-from .cpu_tuning import tune_for_cpu
-from .model import configure_adamw
-from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype
 
 
 def _sync(device: str | torch.device) -> None:

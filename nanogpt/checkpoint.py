@@ -137,12 +137,13 @@ def load_weights(model: nn.Module, weights: dict, path: str | Path) -> None:
                               f"({first_line[:300]}); the file is damaged or was edited") from e
 
 
-def kept_best(folder: Path, last: dict) -> Path | None:
-    """``folder``'s best.pt when it belongs to the run whose last state is ``last``, else None."""
+def kept_best(folder: Path, last: dict) -> dict | None:
+    """``folder``'s best.pt, read, when it belongs to the run whose last state is ``last``, else None."""
     best = folder / BEST_CHECKPOINT_NAME
     if not best.exists() or not last.get("run_id"):
         return None
-    return best if read_checkpoint(best).get("run_id") == last["run_id"] else None
+    state = read_checkpoint(best, MODEL_KEYS)
+    return state if state.get("run_id") == last["run_id"] else None
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
@@ -162,10 +163,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
             raise FileNotFoundError(f"no checkpoint at {last}")
         state = read_checkpoint(last, MODEL_KEYS)
         best = kept_best(path, state) if state.get("train_config", {}).get("keep_best") else None
-        if best is not None:
-            path, state = best, read_checkpoint(best, MODEL_KEYS)
-        else:
-            path = last
+        path, state = (path / BEST_CHECKPOINT_NAME, best) if best is not None else (last, state)
     elif not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,22 +137,12 @@ def cpu_step_timer(model: nn.Module, batch_size: int, steps: int = 3) -> Callabl
         return None
 
     def time_step(dtype: torch.dtype) -> float:
-        from .cpu_tuning import tune_for_cpu
-        from .model import configure_adamw
+        from .bench import make_step  # the step the benchmark times: the trainer's CPU stand-ins, AdamW
 
         with torch.random.fork_rng(devices=[]):
-            twin = tune_for_cpu(copy.deepcopy(model).to("cpu").train())
-            optimizer = configure_adamw(twin, 0.1, 1e-4, (0.9, 0.99), "cpu")
             x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
-            seconds = []
-            for _ in range(steps + 1):
-                t0 = time.perf_counter()
-                with autocast("cpu", dtype):
-                    _, loss = twin(x, x)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                seconds.append(time.perf_counter() - t0)
+            step = make_step(copy.deepcopy(model).to("cpu"), (x, x), "cpu", dtype)
+            seconds = [step() for _ in range(steps + 1)]
         return statistics.median(seconds[1:])
 
     return time_step

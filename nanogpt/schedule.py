@@ -42,15 +42,19 @@ def lr_at(it: int, cfg: TrainConfig, total_iters: int | None = None) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - min_lr)
 
 
+def median_step_s(step_ms: list[float]) -> float:
+    """The median step in seconds, after the first ``CALIBRATION_SKIP`` (allocation, warm-up, compilation)."""
+    return statistics.median(step_ms[CALIBRATION_SKIP:] or step_ms) / 1000
+
+
 def planned_steps(cfg: TrainConfig, done: int, step_ms: list[float]) -> int:
     """How many steps a time-budget run takes in all, from the times of its ``done`` steps so far.
 
     The median step (after the first ``CALIBRATION_SKIP``) fills the rest of the budget, and
     ``max_iters``, if set, caps the total.
     """
-    timed = step_ms[CALIBRATION_SKIP:] or step_ms
     spent_s = sum(step_ms) / 1000
-    left = max(0, math.floor((cfg.time_budget_s - spent_s) / (statistics.median(timed) / 1000)))
+    left = max(0, math.floor((cfg.time_budget_s - spent_s) / median_step_s(step_ms)))
     total = done + left
     return min(total, cfg.max_iters) if cfg.max_iters is not None else total
 
@@ -76,8 +80,7 @@ def evaluations_left(done: int, total: int, eval_interval: int) -> int:
 def expected_train_seconds(step_ms: list[float], done: int, total: int) -> float:
     """Seconds of training steps a run takes in all: those spent, and the rest at the median step
     of this process (after its first ``CALIBRATION_SKIP``: allocation, warm-up, compilation)."""
-    timed = step_ms[CALIBRATION_SKIP:] or step_ms
-    return sum(step_ms) / 1000 + (total - done) * statistics.median(timed) / 1000
+    return sum(step_ms) / 1000 + (total - done) * median_step_s(step_ms)
 
 
 def duration(seconds: float) -> str:

@@ -27,7 +27,7 @@ from .evaluate import BatchSource, best_evaluation, estimate_loss, progress_bar
 from .model import configure_adamw
 from .precision import cpu_step_timer, short_name
 from .runtime import RunSetup, set_up, wrap_model
-from .schedule import (CALIBRATION_SKIP, CALIBRATION_STEPS, duration, eval_batches, evaluations_left,
+from .schedule import (CALIBRATION_STEPS, duration, eval_batches, evaluations_left, median_step_s,
                        expected_train_seconds, fix_length, lr_at)
 from .stopping import NonFiniteLossError, StopOnSignal, TrainingInterrupted
 
@@ -263,7 +263,7 @@ def _timing_line(run: Run, start: int, with_mfu: bool) -> str:
     per_eval = run.history.eval_seconds / max(1, len(run.history.evals))
     evals = evaluations_left(run.it, run.total_iters, run.cfg.eval_interval) * per_eval
     mfu = f", MFU {statistics.median(row['mfu'] for row in rows):.0%}" if with_mfu else ""
-    return (f"timing: {statistics.median(ms[CALIBRATION_SKIP:]):.1f} ms a step{mfu} (the first took {ms[0] / 1000:.1f} s, "
+    return (f"timing: {median_step_s(ms) * 1000:.1f} ms a step{mfu} (the first took {ms[0] / 1000:.1f} s, "
             f"{'compiling and ' if run.setup.compile else ''}warming up); {run.total_iters - run.it:,} steps to go: "
             f"about {duration(expected - sum(ms) / 1000)} of training and {duration(evals)} of loss estimates")
 
