@@ -78,7 +78,8 @@ class RunSetup:
     autocast: AbstractContextManager  # entered around every forward pass
     scaler: torch.amp.GradScaler      # scales fp16 losses; a no-op otherwise
     peak_flops: float | None          # data-sheet peak for MFU
-    compile: bool = False             # wrap the model in torch.compile (compile_plan says why)
+    compile: bool = False             # wrap the model in torch.compile
+    compile_reason: str = ""
 
 
 def compile_plan(device_type: str, requested: bool | None = None) -> tuple[bool, str]:
@@ -124,12 +125,13 @@ def set_up(cfg: TrainConfig, width: int | None = None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + dist_info.rank)
+    use_compile, compile_reason = compile_plan(device_type, cfg.compile)
     return RunSetup(
         device=device, device_type=device_type, dist=dist_info, precision=precision,
         autocast=autocast(device_type, precision.dtype),
         scaler=torch.amp.GradScaler(device_type, enabled=precision.use_scaler),
         peak_flops=cfg.peak_flops or default_peak_flops(device_type, precision.dtype),
-        compile=compile_plan(device_type, cfg.compile)[0],
+        compile=use_compile, compile_reason=compile_reason,
     )
 
 
