@@ -3,7 +3,8 @@
 Measured in one run: matmul throughput (the yardstick), training step time, tokens/s, the
 matmul-rate utilisation (against that yardstick) and, on a GPU with a known data sheet, the
 MFU (against the data-sheet peak), in fp32 and, where the hardware multiplies bf16 natively,
-with bf16 autocast; the naive ``Head``-based model against the fused GPT
+with bf16 autocast, each also under ``torch.compile`` where it can run (the first compiled
+step, which compiles, is timed apart); the naive ``Head``-based model against the fused GPT
 (``attention.naive_twin``: the same function and weights); peak memory of a training step
 (each precision in a fresh process of its own) and where it goes; generation with and without
 the key/value cache. The machine may be shared and noisy: the variants' steps are alternated
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
-from collections import defaultdict
 import time
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from .cpu_tuning import tune_for_cpu
 from .model import GPT, GPTConfig, configure_adamw
 from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype
 from .presets import PRESETS
-from .runtime import describe_hardware, pick_device
+from .runtime import compile_plan, describe_hardware, pick_device
+from .step_memory import step_memory_breakdown, step_peak_memory_gib
 
 
 def _sync(device: str | torch.device) -> None:
@@ -125,153 +125,41 @@ def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str
     return new_tokens / (time.perf_counter() - t0), out
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident memory, in GiB.
+COMPILE_SKIPPED = "torch.compile not measured (compile=False)"
 
-    On Linux it is ``VmHWM`` from ``/proc/self/status``: the high-water mark of this process's
-    own memory. ``getrusage``'s ``ru_maxrss`` is not: a child started by fork and exec
-    inherits the parent's peak there, so a probe run from a large process reports the
-    parent's memory. Elsewhere ``ru_maxrss`` is the best there is (bytes on macOS).
+
+def compiled_steps(model: GPT, batch: tuple[torch.Tensor, torch.Tensor], device: str,
+                   dtypes: list[torch.dtype], log=print) -> tuple[dict[torch.dtype, callable], dict[str, float], str]:
+    """Training steps of ``torch.compile(model)`` per dtype, the seconds of each one's first
+    (compiling) step, and a line that says what happened.
+
+    Compilation needs a toolchain (a C++ compiler on a CPU, Triton on a GPU); where it fails,
+    no step is returned and the line says why, so the benchmark goes on without it.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
-
-
-def _run_steps(config: GPTConfig, batch_size: int, device: str, dtype: torch.dtype, steps: int) -> None:
-    """Build the model on ``device`` (seeded) and run ``steps`` full training steps on one batch."""
-    torch.manual_seed(0)
-    model = GPT(config).to(device)
-    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
-    step = make_step(model, (x, x), device, dtype)
-    for _ in range(steps):
-        step()
-
-
-def probe_step_peak_gib(config: GPTConfig, batch_size: int, device: str, threads: int,
-                        dtype: torch.dtype = torch.float32, steps: int = 2) -> float:
-    """The peak memory of ``steps`` training steps, measured in this process, in GiB.
-
-    Meant to run alone in a fresh process (``step_peak_memory_gib`` starts one per precision),
-    so that nothing another measurement left behind is counted. On CUDA it is the caching
-    allocator's peak (``torch.cuda.max_memory_allocated``) since a reset before the model is
-    built: weights, gradients, AdamW's moments, activations and the kernels' workspaces. On a
-    CPU it is the process's peak resident size (``peak_rss_gib``), the torch runtime included.
-    """
-    torch.set_num_threads(threads)
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    _run_steps(config, batch_size, device, dtype, steps)
-    if cuda:
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return peak_rss_gib()
-
-
-# What step_peak_memory_gib runs in a fresh process: argv is config (JSON), threads, batch size, dtype, device.
-_MEMORY_PROBE = """
-import json, sys, torch
-from nanogpt.bench import probe_step_peak_gib
-from nanogpt.model import GPTConfig
-cfg, threads, B, dtype, device = sys.argv[1:6]
-peak = probe_step_peak_gib(GPTConfig(**json.loads(cfg)), int(B), device, int(threads), getattr(torch, dtype))
-print(json.dumps({"peak_gib": peak}))
-"""
-
-
-def step_peak_memory_gib(config: GPTConfig, batch_size: int, device: str, threads: int,
-                         dtype: torch.dtype = torch.float32) -> float:
-    """Peak memory of two training steps in ``dtype``, measured in a fresh process
-    (``probe_step_peak_gib``): CUDA's allocator peak on a GPU, the peak resident size on a
-    CPU. One process per call, so each precision's peak is its own: an in-process probe would
-    count whatever the benchmark (or an earlier probe) still holds."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(config.to_dict()), str(threads),
-                          str(batch_size), str(dtype).replace("torch.", ""), str(device)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"the memory probe ({dtype}, {device}) failed with exit {out.returncode}:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_gib"]
-
-
-# What each kind of module keeps for the backward pass, in words.
-SAVED_BY = {
-    "Linear": "Linear inputs (for the weight gradients)",
-    "GELU": "GELU inputs",
-    "LayerNorm": "LayerNorm inputs and statistics",
-    "Dropout": "dropout masks",
-    "CausalSelfAttention": "attention q, k, v, output",
-    "Embedding": "token and position ids",
-    "GPT": "logits and cross-entropy",
-}
-
-
-def step_memory_breakdown(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str,
-                          dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """Where a training step's memory goes, in GiB: the weights, their gradients, AdamW's two
-    moments, and every tensor autograd saves for the backward pass, by the module that saved
-    it (``SAVED_BY``). Each storage is counted once, for the first module that saves it;
-    under autocast the bf16 copies of the weights are counted apart. What is left of a
-    measured peak is the torch runtime, the allocator, and the backward pass's temporaries."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    running: list[torch.nn.Module] = [model]  # the innermost module running now is last
-    counted: set[int] = set()
-    saved: dict[str, int] = defaultdict(int)
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key in weights or key in counted:
-            return t
-        counted.add(key)
-        module = running[-1]
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and t.shape == weight.shape and t.dtype != weight.dtype:
-            label = "low-precision copies of the weights (autocast)"
-        else:
-            label = SAVED_BY.get(type(module).__name__, type(module).__name__)
-        saved[label] += storage.nbytes()
-        return t
-
-    def enter(module: torch.nn.Module, args) -> None:
-        running.append(module)
-
-    def leave(module: torch.nn.Module, args, output) -> None:
-        running.pop()
-
-    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    x, y = batch
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(torch.device(device).type, dtype):
-            _, loss = model(x, y)
-    finally:
-        for handle in handles:
-            handle.remove()
-    del loss
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    gib = {"weights": weight_bytes, "gradients": weight_bytes, "AdamW moments": 2 * weight_bytes}
-    gib.update(sorted(saved.items(), key=lambda kv: -kv[1]))
-    gib = {k: v / 2**30 for k, v in gib.items()}
-    gib["total"] = sum(gib.values())
-    return gib
+    if torch.device(device).type == "cuda" and not compile_plan("cuda")[0]:
+        return {}, {}, compile_plan("cuda")[1]
+    steps, first_s = {}, {}
+    for dtype in dtypes:
+        name = str(dtype).replace("torch.", "")
+        try:
+            step = make_step(torch.compile(model), batch, device, dtype)
+            first_s[name] = step()  # compiles the forward and the backward, then runs the step
+        except Exception as error:  # a missing compiler surfaces as one of many error types
+            return {}, {}, f"torch.compile failed, not measured: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        steps[dtype] = step
+        log(f"  compiled ({name}): first step {first_s[name]:.1f} s")
+    return steps, first_s, "torch.compile: measured"
 
 
 def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps: int = 5,
                   threads: int | None = None, batch_size: int = 64, new_tokens: int = 256,
-                  config: GPTConfig | None = None, log=print) -> dict:
+                  config: GPTConfig | None = None, compile: bool = True, log=print) -> dict:
     """All the figures, as one dictionary (what ``--json`` prints).
 
     Training steps run in fp32 (fused and naive attention) and, where the hardware has
-    native bf16, with bf16 autocast, alternated in one process. ``config`` replaces the
-    preset's model (the tests use a tiny one).
+    native bf16, with bf16 autocast, alternated in one process; with ``compile``, the fused
+    steps also under ``torch.compile`` (``compiled_steps``). ``config`` replaces the preset's
+    model (the tests use a tiny one).
     """
     if config is None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -306,6 +194,15 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     variants = {"fused": make_step(fused, (x, y), device), "naive": make_step(naive, (x, y), device)}
     if bf16:
         variants["fused_bf16"] = make_step(fused, (x, y), device, torch.bfloat16)
+    if compile:
+        log("compiling the fused model...")
+        dtypes = [torch.float32] + ([torch.bfloat16] if bf16 else [])
+        compiled, first_s, result["compile"] = compiled_steps(fused, (x, y), device, dtypes, log)
+        variants.update({("fused_compiled" if d == torch.float32 else "fused_bf16_compiled"): f
+                         for d, f in compiled.items()})
+        result.update({f"compile_first_step_s{'' if k == 'float32' else '_bf16'}": v for k, v in first_s.items()})
+    else:
+        result["compile"] = COMPILE_SKIPPED
     log(f"training steps ({', '.join(variants)}), alternated, {steps} rounds...")
     times = alternate(variants, repeats=steps)
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -336,6 +233,12 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
             "bf16_speedup": median["fused"] / median["fused_bf16"],
         })
         log(f"  bf16 autocast {median['fused_bf16'] * 1000:.0f} ms/iter ({result['bf16_speedup']:.2f}x fp32)")
+    for suffix in ("", "_bf16"):  # each compiled step against the eager step of its precision
+        if f"fused{suffix}_compiled" in median:
+            result[f"train_ms_per_iter{suffix}_compiled"] = median[f"fused{suffix}_compiled"] * 1000
+            result[f"compile_speedup{suffix}"] = median[f"fused{suffix}"] / median[f"fused{suffix}_compiled"]
+            log(f"  torch.compile{suffix.replace('_', ', ')} {median[f'fused{suffix}_compiled'] * 1000:.0f} ms/iter "
+                f"({result[f'compile_speedup{suffix}']:.2f}x eager)")
     del naive, variants
 
     log("peak memory of two training steps (a fresh process for each precision"
@@ -392,16 +295,18 @@ def save_result(result: dict) -> Path | None:
         "model": f"GPT {result['parameters']:,} parameters, batch {result['batch_size']} x {result['block_size']}, "
                  f"dropout {result['dropout']}",
         "hardware": result["hardware"], "device": result["device"], "torch": result["torch"],
-        "cpu_capability": result["cpu_capability"], "dtype_auto": result["dtype_auto"],
+        "cpu_capability": result["cpu_capability"], "dtype_auto": result["dtype_auto"], "compile": result["compile"],
         "step_memory_breakdown_gib": {k: v for k, v in result.items() if k.startswith("step_memory_breakdown")},
-        "command": f"python -m nanogpt bench --preset {result['preset']} --threads {result['threads']} --save",
+        "command": f"python -m nanogpt bench --preset {result['preset']} --threads {result['threads']} --save"
+                   + (" --no-compile" if result["compile"] == COMPILE_SKIPPED else ""),
         "metrics": metrics,
     })
 
 
 def main(args) -> None:
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
-    result = run_benchmark(args.preset, args.device, steps=max(1, args.steps), threads=args.threads, log=log)
+    result = run_benchmark(args.preset, args.device, steps=max(1, args.steps), threads=args.threads,
+                           compile=getattr(args, "compile", True), log=log)
     if args.save:
         saved = save_result(result)
         log(f"record written to {saved}" if saved else "no record written: quick mode (NANOGPT_QUICK)")
@@ -419,6 +324,13 @@ def main(args) -> None:
         print(f"training, bf16         {result['train_ms_per_iter_bf16']:.0f} ms/iter, "
               f"{result['train_tokens_per_s_bf16']:.0f} tokens/s, {result['bf16_speedup']:.2f}x fp32, "
               f"{utilisation_words(result, '_bf16')}")
+    for suffix, name in (("", "fp32"), ("_bf16", "bf16")):
+        if f"compile_speedup{suffix}" in result:
+            print(f"torch.compile, {name}    {result[f'train_ms_per_iter{suffix}_compiled']:.0f} ms/iter, "
+                  f"{result[f'compile_speedup{suffix}']:.2f}x eager (first step, compiling: "
+                  f"{result[f'compile_first_step_s{suffix}']:.0f} s)")
+    if "compile_speedup" not in result:
+        print(f"torch.compile          {result['compile']}")
     print(f"dtype=\"auto\" picks    {result['dtype_auto']} for this model")
     print(f"fused vs naive heads   {result['fused_speedup_vs_naive']:.2f}x "
           f"({result['naive_ms_per_iter']:.0f} ms/iter naive, fp32)")

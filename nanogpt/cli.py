@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_at_least_one, default=5, help="timed training steps per variant")
     p.add_argument("--threads", type=_at_least_one, default=None, help="pin torch's thread count")
     p.add_argument("--save", action="store_true", help="write the figures as a record for the results page")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile steps (they take a while to compile)")
     p.set_defaults(func=cmd_bench)
     return parser
 

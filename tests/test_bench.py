@@ -56,6 +56,37 @@ def test_bf16_is_measured_beside_fp32_exactly_where_the_cpu_has_it(result):
     assert math.isclose(result["matmul_bf16_speedup"], result["matmul_gflops_bf16"] / result["matmul_gflops"])
 
 
+def test_compiled_steps_are_timed_against_the_eager_step_of_their_precision(result):
+    if "compile_speedup" not in result:  # no toolchain: the line says why, and nothing is made up
+        assert result["compile"].startswith("torch.compile failed")
+        assert not any("compile" in key for key in result if key != "compile")
+        return
+    assert result["compile"] == "torch.compile: measured"
+    times = result["train_step_times_s"]
+    for suffix in ("", "_bf16") if result["bf16_native"] else ("",):
+        compiled = statistics.median(times[f"fused{suffix}_compiled"])
+        eager = statistics.median(times[f"fused{suffix}"])
+        assert math.isclose(result[f"compile_speedup{suffix}"], eager / compiled, rel_tol=0.05)
+        assert result[f"compile_first_step_s{suffix}"] > 0
+    if not result["bf16_native"]:
+        assert "fused_bf16_compiled" not in times and "compile_speedup_bf16" not in result
+
+
+def test_a_compiler_that_fails_leaves_the_benchmark_running(monkeypatch):
+    import nanogpt.bench as bench
+
+    def no_compiler(model):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+
+    monkeypatch.setattr(bench.torch, "compile", no_compiler)
+    config = GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=C)
+    model = GPT(config)
+    x = torch.randint(0, V, (B, T))
+    steps, first_s, line = bench.compiled_steps(model, (x, x), "cpu", [torch.float32], log=lambda *a: None)
+    assert steps == {} and first_s == {}
+    assert line == "torch.compile failed, not measured: RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
+
+
 def test_memory_breakdown_counts_what_the_model_saves():
     # Counted by hand for a model without dropout: per block, the GELU keeps its (B, T, 4C)
     # input; the weights, their gradients and AdamW's two moments are four copies of the parameters.
@@ -151,7 +182,7 @@ def test_cuda_step_peak_is_measured_in_a_fresh_process_for_each_precision(monkey
     import subprocess
     import sys as _sys
 
-    import nanogpt.bench as bench
+    import nanogpt.step_memory as bench
 
     gib = 2**30
     step_peaks = {torch.float32: int(2.5 * gib), torch.bfloat16: int(1.5 * gib)}
@@ -200,7 +231,7 @@ def test_cuda_step_peak_is_measured_in_a_fresh_process_for_each_precision(monkey
 
 
 def test_the_memory_probe_reports_a_failed_child(monkeypatch):
-    import nanogpt.bench as bench
+    import nanogpt.step_memory as bench
 
     config = GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=C)
     with pytest.raises(RuntimeError, match="memory probe .* failed"):
