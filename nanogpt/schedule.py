@@ -1,8 +1,9 @@
 """How long a run trains and at what learning rate: warmup, cosine, and a time budget.
 
 The learning rate warms up linearly, then follows a cosine down to ``min_lr``. A run with a
-time budget times its warmup and then fixes its number of steps, so that from there on the
-schedule is a function of the step alone: a resumed run follows it exactly.
+time budget times its warmup and then fixes its number of steps, re-timing it twice on the
+way; between those points the schedule is a function of the step alone, and the points are
+kept in the run's history, so a resumed run follows it exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 # first few (allocation, compilation), then fixes its number of steps from the median.
 CALIBRATION_STEPS = 20
 CALIBRATION_SKIP = 3
+# Twenty steps are a small sample, and a shared machine's speed drifts over minutes: the run
+# fixes its length again when these fractions of the budget are spent, from the steps since
+# it last did.
+RETIME_AT = (0.1, 0.5)
 
 
 def calibration_steps(cfg: TrainConfig) -> int:
@@ -47,14 +52,15 @@ def median_step_s(step_ms: list[float]) -> float:
     return statistics.median(step_ms[CALIBRATION_SKIP:] or step_ms) / 1000
 
 
-def planned_steps(cfg: TrainConfig, done: int, step_ms: list[float]) -> int:
+def planned_steps(cfg: TrainConfig, done: int, step_ms: list[float], since: int = 0) -> int:
     """How many steps a time-budget run takes in all, from the times of its ``done`` steps so far.
 
-    The median step (after the first ``CALIBRATION_SKIP``) fills the rest of the budget, and
-    ``max_iters``, if set, caps the total.
+    The median step fills the rest of the budget: of all steps after the first
+    ``CALIBRATION_SKIP``, or of those from step ``since`` on. ``max_iters``, if set, caps the total.
     """
     spent_s = sum(step_ms) / 1000
-    left = max(0, math.floor((cfg.time_budget_s - spent_s) / median_step_s(step_ms)))
+    step_s = statistics.median(step_ms[since:]) / 1000 if since else median_step_s(step_ms)
+    left = max(0, math.floor((cfg.time_budget_s - spent_s) / step_s))
     total = done + left
     return min(total, cfg.max_iters) if cfg.max_iters is not None else total
 
@@ -68,6 +74,15 @@ def fix_length(cfg: TrainConfig, done: int, step_ms: list[float]) -> int | None:
     if sum(step_ms) / 1000 >= cfg.time_budget_s:
         return done
     return planned_steps(cfg, done, step_ms) if done >= calibration_steps(cfg) else None
+
+
+def retime_due(cfg: TrainConfig, done: int, spent_s: float, fixed_at: list[int]) -> bool:
+    """Whether a time-budget run whose length was fixed at the steps ``fixed_at`` reaches its next
+    re-timing point (``RETIME_AT``) after ``done`` steps and ``spent_s`` seconds of them, with at
+    least ``CALIBRATION_STEPS`` timed since the last fix."""
+    retimed = len(fixed_at) - 1
+    return (bool(fixed_at) and retimed < len(RETIME_AT) and done - fixed_at[-1] >= CALIBRATION_STEPS
+            and spent_s >= RETIME_AT[retimed] * cfg.time_budget_s)
 
 
 def evaluations_left(done: int, total: int, eval_interval: int) -> int:

@@ -28,7 +28,7 @@ from .model import configure_adamw
 from .precision import cpu_step_timer, short_name
 from .runtime import RunSetup, set_up, wrap_model
 from .schedule import (CALIBRATION_STEPS, duration, eval_batches, evaluations_left, median_step_s,
-                       expected_train_seconds, fix_length, lr_at)
+                       expected_train_seconds, fix_length, lr_at, planned_steps, retime_due)
 from .stopping import NonFiniteLossError, StopOnSignal, TrainingInterrupted
 
 clock = time.perf_counter  # what steps and evaluations are timed with (a test may replace it)
@@ -87,7 +87,9 @@ class History:
     evals: list[dict] = field(default_factory=list)  # iter, train, val (one key per source)
     eval_seconds: float = 0.0                        # wall time spent in evaluations (not in "ms")
     planned_iters: int | None = None                 # a time-budget run's length, fixed by timing its warmup
+    length_fixed_at: list[int] = field(default_factory=list)  # the steps at which it was fixed, then re-timed
     expected_seconds: float | None = None            # training-step seconds the run expected, after timing them
+    notes: list[str] = field(default_factory=list)   # what chose the run's settings, in words (a preset sizing itself)
 
     def column(self, key: str, table: str = "steps") -> list:
         return [row[key] for row in getattr(self, table)]
@@ -268,6 +270,27 @@ def _timing_line(run: Run, start: int, with_mfu: bool) -> str:
             f"about {duration(expected - sum(ms) / 1000)} of training and {duration(evals)} of loss estimates")
 
 
+def _fix_length(run: Run, spent_s: float, bar, show: bool) -> None:
+    """A time-budget run's length: fixed once its first steps are timed, then re-timed at
+    ``RETIME_AT`` from the steps since it was last fixed (the points go into its history)."""
+    history, first = run.history, run.history.planned_iters is None
+    if first:
+        length = fix_length(run.cfg, run.it, history.column("ms"))
+    elif retime_due(run.cfg, run.it, spent_s, history.length_fixed_at):
+        length = planned_steps(run.cfg, run.it, history.column("ms"), since=history.length_fixed_at[-1])
+    else:
+        return
+    if length is None:
+        return
+    if not first and show:
+        since = history.length_fixed_at[-1]
+        bar.write(f"re-timed at {spent_s:.0f} s: {statistics.median(history.column('ms')[since:]):.1f} ms a step "
+                  f"over the last {run.it - since:,} steps; {length:,} steps in all (was {history.planned_iters:,})")
+    history.planned_iters = length
+    history.length_fixed_at.append(run.it)
+    bar.total = run.total_iters  # once known, the bar shows the time left
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 def train(
@@ -281,13 +304,16 @@ def train(
     tokenizer=None,
     progress: bool = True,
     on_eval: Callable[[int, dict], None] | None = None,
+    notes: list[str] | None = None,
 ) -> History:
     """Train ``model`` in place and return its history.
 
     Evaluates every ``eval_interval`` steps and at the end, each time writing ``ckpt.pt`` to
     ``out_dir``, from which ``resume`` continues exactly (same batches, dropout masks, losses).
     ``keep_best``: the model ends with the weights of the lowest val estimate (also best.pt).
-    ``time_budget_s``: the run times its warmup, then fixes its length (``planned_iters``).
+    ``time_budget_s``: the run times its warmup, then fixes its length (``planned_iters``), and
+    re-times it at ``schedule.RETIME_AT``.
+    ``notes`` (what chose the run's settings) go into the history, and so into the checkpoint.
     On a CPU the model gets ``tune_for_cpu``'s stand-ins. SIGINT or SIGTERM stops it after a
     whole step, saved, with ``TrainingInterrupted``. ``set_up`` says what global state it sets.
     """
@@ -299,6 +325,7 @@ def train(
     optimizer = configure_adamw(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                 setup.device_type)
     run = Run(cfg, setup, model, optimizer, train_batches, Path(out_dir) if out_dir is not None else None, tokenizer)
+    run.history.notes = list(notes or [])
     if resume:
         restore(run)
     elif run.out_dir is not None and setup.dist.is_master:
@@ -312,12 +339,12 @@ def train(
     bar = progress_bar(total=run.total_iters, initial=run.it, disable=not show, unit="it",
                        desc=f"training ({short_name(setup.precision.dtype)})")
     postfix: dict[str, str] = {}
+    spent_s = run.history.train_seconds
     try:
         with StopOnSignal() as stop:
             while True:
-                if cfg.time_budget_s is not None and run.history.planned_iters is None:
-                    run.history.planned_iters = fix_length(cfg, run.it, run.history.column("ms"))
-                    bar.total = run.total_iters  # once known, the bar shows the time left
+                if cfg.time_budget_s is not None:
+                    _fix_length(run, spent_s, bar, show)
                 stopping = any_rank(stop.requested, setup.dist, setup.device)  # all ranks stop together
                 if not stopping and run.evaluation_due():
                     losses = evaluate(wrapped, eval_sources, run.it, run.history, cfg, setup, progress=show)
@@ -347,6 +374,7 @@ def train(
                 if setup.device_type == "cuda":
                     torch.cuda.synchronize()
                 dt = clock() - t0
+                spent_s += dt
                 tps = tokens_per_step / dt
                 run.history.steps.append({"iter": run.it, "loss": loss, "lr": lr, "grad_norm": norm, "ms": dt * 1000,
                                           "tokens_per_s": tps,

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 import nanogpt.train
-from nanogpt.schedule import (CALIBRATION_STEPS, calibration_steps, eval_batches, evaluations_left,
-                              expected_train_seconds, fix_length, lr_at, planned_steps)
+from nanogpt.schedule import (CALIBRATION_STEPS, RETIME_AT, calibration_steps, eval_batches, evaluations_left,
+                              expected_train_seconds, fix_length, lr_at, planned_steps, retime_due)
 from nanogpt.stopping import TrainingInterrupted
 from nanogpt.train import TrainConfig
 from train_helpers import run
@@ -83,7 +83,8 @@ def test_a_time_budget_run_repeats_and_resumes_exactly(fake_clock, tmp_path, mon
     _, straight = run(None, **budget)
     _, again = run(None, **budget)
     assert again.column("loss") == straight.column("loss") and again.planned_iters == straight.planned_iters
-    for stop_at in (10, 60):  # while timing its first steps, and after fixing its length
+    assert straight.length_fixed_at == [20, 40, 60]  # fixed, then re-timed at 10% and 50% of the budget
+    for stop_at in (10, 50, 70):  # while timing its first steps, between the re-timings, after them
         forward, calls = GPT.forward, []
 
         def signalling_forward(self, *args, **kwargs):
@@ -99,8 +100,39 @@ def test_a_time_budget_run_repeats_and_resumes_exactly(fake_clock, tmp_path, mon
         monkeypatch.setattr(GPT, "forward", forward)
         _, resumed = run(None, out_dir=tmp_path / str(stop_at), resume=True, **budget)
         assert resumed.planned_iters == straight.planned_iters
+        assert resumed.length_fixed_at == straight.length_fixed_at
         assert resumed.column("loss") == straight.column("loss")
         assert resumed.column("lr") == straight.column("lr")
+
+
+def test_re_timing_waits_for_its_share_of_the_budget_and_fresh_steps():
+    cfg = TrainConfig(max_iters=None, time_budget_s=10.0, warmup_iters=2)
+    assert RETIME_AT == (0.1, 0.5)
+    assert not retime_due(cfg, 100, 5.0, [])                       # the length was never fixed
+    assert not retime_due(cfg, 30, 0.9, [20])                      # under 10% of the budget spent
+    assert not retime_due(cfg, 20 + CALIBRATION_STEPS - 1, 1.0, [20])  # too few steps since the fix
+    assert retime_due(cfg, 20 + CALIBRATION_STEPS, 1.0, [20])
+    assert not retime_due(cfg, 200, 4.9, [20, 40]) and retime_due(cfg, 200, 5.0, [20, 40])
+    assert not retime_due(cfg, 900, 9.0, [20, 40, 200])            # twice is all
+    ms = [5.0] * 40 + [10.0] * 21
+    assert planned_steps(cfg, 61, ms, since=40) == 61 + int((10.0 - sum(ms) / 1000) / 0.010)  # the recent steps' rate
+
+
+def test_a_run_whose_steps_slow_down_still_ends_near_its_budget(monkeypatch):
+    # Each reading of the clock is a tick later, and a step is timed between two readings: steps
+    # take 2.5 ms until the clock reads 0.25 s (step 50), then 5 ms. Timed only at the start, the
+    # run would plan 400 steps and take about 1.9 s; re-timed at 50% of the budget, it ends near 1 s.
+    now = [0.0]
+
+    def slowing_clock() -> float:
+        now[0] += 0.0025 if now[0] < 0.25 else 0.005
+        return now[0]
+
+    monkeypatch.setattr(nanogpt.train, "clock", slowing_clock)
+    _, history = run(None, time_budget_s=1.0, eval_interval=1000, lr_decay_iters=None)
+    assert len(history.length_fixed_at) == 3 and history.length_fixed_at[0] == CALIBRATION_STEPS
+    assert history.planned_iters == len(history.steps) < 250
+    assert history.train_seconds == pytest.approx(1.0, abs=0.03)
 
 
 def test_eval_batches_shrink_for_short_runs():
