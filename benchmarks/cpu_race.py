@@ -2,9 +2,12 @@
 full validation split, print one JSON line.
 
 Training runs on the trainer's time budget: it times its warmup and fixes the number of steps
-that fill the budget, and the cosine follows the steps (evaluation time is not counted). The
-races recorded before 2026-12-06 ran an earlier form whose cosine followed the clock. Used to
-tune the ``shakespeare-char-cpu`` preset; its results are shown in chapter 06.
+that fill the budget (re-timed on the way), and the cosine follows the steps (evaluation time
+is not counted). The races recorded before 2026-12-06 ran an earlier form whose cosine followed
+the clock. On a shared machine the clock is noisy, so ``--steps`` trains a fixed number of steps
+instead: those that fit the budget by ``benchmarks/cpu_step_rates.py``, which times the
+candidates alternated in one process. Used to tune the ``shakespeare-char-cpu`` preset; its
+results are shown in chapter 06.
 
     python benchmarks/cpu_race.py --budget 600 --n-layer 4 --n-embd 192 --block 128 --batch 32 --lr 2e-3
 """
@@ -27,10 +30,12 @@ def candidate(args) -> RunPreset:
     model = GPTConfig(block_size=args.block, vocab_size=65, n_layer=args.n_layer, n_head=args.n_head,
                       n_embd=args.n_embd, dropout=args.dropout, bias=args.bias, gelu=args.gelu)
     min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
-    train = TrainConfig(max_iters=None, time_budget_s=args.budget, batch_size=args.batch, learning_rate=args.lr, min_lr=min_lr,
+    length = (dict(max_iters=args.steps, lr_decay_iters=args.steps, time_budget_s=None) if args.steps
+              else dict(max_iters=None, time_budget_s=args.budget))
+    train = TrainConfig(**length, batch_size=args.batch, learning_rate=args.lr, min_lr=min_lr,
                         warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
                         eval_interval=10**9, eval_iters=1, device="cpu",
-                        dtype=args.dtype)
+                        dtype=args.dtype, compile=args.compile)
     return RunPreset("candidate", model, train, "sweep candidate")
 
 
@@ -43,6 +48,9 @@ def _true_or_false(text: str) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--budget", type=float, default=600.0, help="seconds of training (not counting evaluation)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead (the steps that fit the budget, timed apart), "
+                        "so that candidates compare without the noise of a shared machine's clock")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--from-json", default=None, help="save an earlier run's printed JSON line (with --label)")
     p.add_argument("--n-head", type=int, default=4)
@@ -57,6 +65,7 @@ def main() -> None:
     p.add_argument("--gelu", choices=["tanh", "exact"], default="tanh")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", type=_true_or_false, default=False, help="torch.compile the model: True or False")
     p.add_argument("--dtype", default="auto", help="auto (nanogpt.precision.precision_plan), float32 or bfloat16")
     p.add_argument("--preset", default=None, help="score a named preset as it is instead")
     p.add_argument("--label", default=None, help="name of the candidate in the sweep table")
@@ -83,8 +92,8 @@ def main() -> None:
                "config": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block": m.block_size,
                           "batch": t.batch_size, "lr": t.learning_rate, "min_lr": t.min_lr, "warmup": t.warmup_iters,
                           "dropout": m.dropout, "bias": m.bias, "gelu": m.gelu, "weight_decay": t.weight_decay, "threads": args.threads,
-                          "dtype": t.dtype},
-               "budget_s": args.budget, "iters": iters, "params": model.num_params(),
+                          "dtype": t.dtype, "compile": bool(t.compile)},
+               "budget_s": None if args.steps else args.budget, "iters": iters, "params": model.num_params(),
                "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
                "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4),
                "trained_in": str(resolve_dtype("cpu", t.dtype, m.n_embd)).replace("torch.", "")}
@@ -108,7 +117,8 @@ def save(summary: dict) -> None:
                  + (", exact GELU" if c.get("gelu") == "exact" else ""),
         "hardware": describe_hardware("cpu"), "device": "cpu", "torch": torch.__version__,
         "command": "python benchmarks/cpu_race.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in c.items()) + f" --budget {summary['budget_s']:g}",
+            f"--{k.replace('_', '-')} {v}" for k, v in c.items())
+            + (f" --budget {summary['budget_s']:g}" if summary["budget_s"] else f" --steps {summary['iters']}"),
         "metrics": {"val_loss": summary["val_full"], "wall_time_s": summary["wall_s"],
                     "train_time_s": summary["train_s"], "iterations": summary["iters"],
                     "final_train_loss": summary["final_train_loss"], "batch_size": c["batch"],
