@@ -15,9 +15,10 @@ import torch
 
 from .data import DATASETS, RandomBatches, load_text, train_val_split
 from .model import GPT, GPTConfig
-from .precision import Precision, cpu_has_native_bf16, default_peak_flops, precision_plan
+from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+from .precision import Precision, cpu_has_native_bf16, cpu_step_timer, default_peak_flops, precision_plan, short_name
 from .runtime import compile_plan, pick_device
-from .schedule import CALIBRATION_STEPS, calibration_steps, eval_batches
+from .schedule import CALIBRATION_STEPS, RETIME_AT, calibration_steps, eval_batches
 from .tokenizer import CharTokenizer
 from .train import History, TrainConfig, train
 
@@ -31,6 +32,16 @@ class RunPreset:
     train: TrainConfig
     description: str
     dataset: str = "tinyshakespeare"
+    # A CPU run with a time budget may take fewer layers where few steps fit: (n_layer, the
+    # fewest steps of ``model`` that must fit the budget for it), deepest first (size_for_budget).
+    depths: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        layers = [n for n, _ in self.depths]
+        if self.depths and (layers[0] != self.model.n_layer or layers != sorted(layers, reverse=True)
+                            or self.depths[-1][1] != 0):
+            raise ValueError(f"depths must start at the model's {self.model.n_layer} layers, go down, "
+                             f"and end with a depth for any rate (0 steps); got {self.depths}")
 
 
 PRESETS: dict[str, RunPreset] = {
@@ -66,6 +77,9 @@ PRESETS: dict[str, RunPreset] = {
                           warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=1000, eval_iters=100,
                           keep_best=True),
         description="5 layers, 4 heads, 128 wide, context 128, no biases, batch 6, 10 minutes (CPU-sized)",
+        # Raced: where about 21,000 steps of 5 layers fit (AMX, bf16), 5 layers beat 4 and 6; where
+        # 11,000-12,700 fit (AVX2, fp32), 4 layers, with a fifth more steps, beat 5. 16,000 lies between.
+        depths=((5, 16_000), (4, 0)),
     ),
     # GPT-2 small (124M) as build-nanogpt trains it: 2**19 = 524,288 tokens per step (64 x 1,024
     # tokens, 8 micro-steps on one GPU), 19,073 steps = one pass over FineWeb-Edu's 10B-token
@@ -175,6 +189,15 @@ def plan_run(preset: RunPreset, device: str, max_iters: int | None = None,
                    evaluations, train_flop, eval_flop, gpu, peak, precision, compile_plan(device_type, cfg.compile)[1])
 
 
+def _sizing_lines(preset: RunPreset, device: str, cfg: TrainConfig) -> list[str]:
+    """The plan's line on what ``size_for_budget`` may change (none where it changes nothing)."""
+    if not preset.depths or torch.device(device).type != "cpu" or cfg.time_budget_s is None:
+        return []
+    rules = ", ".join(f"{n} layers if {least:,} of their steps fit the budget" if least else f"else {n}"
+                      for n, least in preset.depths)
+    return [f"  depth     {rules}: timed before the first step"]
+
+
 def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
                   eval_iters: int | None = None) -> str:
     """What a run will do, in a few lines: precision, compilation, parameters, steps, tokens, FLOP.
@@ -192,11 +215,13 @@ def describe_plan(preset: RunPreset, device: str, max_iters: int | None = None,
              f"  compile   {plan.compile_reason}",
              f"  model     {plan.parameters:,} parameters ({m.n_layer} layers, {m.n_head} heads, "
              f"{m.n_embd} wide, context {m.block_size})",
+             *_sizing_lines(preset, device, cfg),
              f"  batch     {micro}{cfg.batch_size} x {m.block_size} = {plan.tokens_per_step:,} tokens per step, "
              f"{plan.flops_per_token:,} FLOP per token (GPT.flops_per_token)"]
     if cfg.max_iters is None:  # a run with a time budget: its length is the clock's
         lines += [f"  length    about {cfg.time_budget_s:,.0f} s of training: the steps that fit, counted from "
-                  f"the time of the first {calibration_steps(cfg)}",
+                  f"the time of the first {calibration_steps(cfg)} and re-timed at "
+                  + " and ".join(f"{f:.0%}" for f in RETIME_AT),
                   f"  evaluate  every {cfg.eval_interval:,} steps and at the end, "
                   f"{plan.eval_batches} batches x {EVAL_SPLITS} splits"]
     else:
@@ -233,6 +258,42 @@ def prepare_char_data(dataset: str = "tinyshakespeare") -> CharData:
     return CharData(tokenizer, train_data, val_data)
 
 
+def size_for_budget(preset: RunPreset, device: str, vocab_size: int) -> tuple[GPTConfig, str]:
+    """The model a run of ``preset`` trains on ``device``, and a line that says why ("" if fixed).
+
+    With ``preset.depths``, a CPU run with a time budget times ten training steps of the preset's
+    model (in the precision it will train in) and takes the deepest ``n_layer`` whose fewest steps
+    fit the budget at that rate: a slow CPU gets a shallower model and more of its steps.
+    """
+    model_cfg = replace(preset.model, vocab_size=vocab_size)
+    if not preset.depths or torch.device(device).type != "cpu" or preset.train.time_budget_s is None:
+        return model_cfg, ""
+    with torch.random.fork_rng(devices=[]):
+        timer = cpu_step_timer(GPT(model_cfg), preset.train.batch_size, steps=10)
+    dtype = precision_plan("cpu", preset.train.dtype, model_cfg.n_embd, time_step=timer).dtype
+    step_s = timer(dtype)
+    budget = preset.train.time_budget_s
+    fit = int(budget / step_s)
+    chosen = next((i for i, (_, least) in enumerate(preset.depths) if fit >= least), len(preset.depths) - 1)
+    n_layer, least = preset.depths[chosen]
+    why = (f"{n_layer} layers: {fit:,} steps of the {model_cfg.n_layer}-layer model fit {budget:g} s here "
+           f"({step_s * 1000:.1f} ms a step, {short_name(dtype)})")
+    if chosen:  # a deeper model needed more steps than fit
+        deeper, deeper_least = preset.depths[chosen - 1]
+        why += f", under the {deeper_least:,} that {deeper} layers need"
+    elif least:
+        why += f", at least the {least:,} that {n_layer} layers need"
+    return replace(model_cfg, n_layer=n_layer), why
+
+
+def _resumed_config(out_dir: str | Path | None) -> GPTConfig | None:
+    """The model configuration of the run to resume in ``out_dir`` (None without its checkpoint)."""
+    path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    if path is None or not path.exists():
+        return None
+    return GPTConfig.from_dict(read_checkpoint(path, ("model_spec",))["model_spec"]["config"])
+
+
 def train_preset(
     preset: RunPreset,
     *,
@@ -248,8 +309,10 @@ def train_preset(
     """Train a character-level ``preset`` and return (model, history, data).
 
     ``max_iters`` fixes the number of steps (the schedule follows, and a preset's time budget
-    no longer applies). ``on_eval(iter, losses)`` is called after every loss estimate, as in
-    ``nanogpt.train.train``.
+    no longer applies). A time-budget run of a preset with ``depths`` sizes its model first
+    (``size_for_budget``: printed with ``progress``, kept in the history's ``notes``); a resumed
+    run keeps its checkpoint's. ``on_eval(iter, losses)`` is called after every loss estimate,
+    as in ``nanogpt.train.train``.
     """
     if data is None and preset.dataset not in DATASETS:
         raise ValueError(
@@ -260,7 +323,13 @@ def train_preset(
     device = pick_device(device)
     data = data or prepare_char_data(preset.dataset)
     cfg = run_config(preset, device=device, max_iters=max_iters, eval_iters=eval_iters)
-    model_cfg = replace(preset.model, vocab_size=data.tokenizer.vocab_size)
+    model_cfg, why = replace(preset.model, vocab_size=data.tokenizer.vocab_size), ""
+    if resume and preset.depths:
+        model_cfg = _resumed_config(out_dir) or model_cfg
+    elif cfg.time_budget_s is not None:
+        model_cfg, why = size_for_budget(preset, device, data.tokenizer.vocab_size)
+        if why and progress:
+            print(f"model sized for the budget: {why}")
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)
     T = model_cfg.block_size
@@ -268,5 +337,5 @@ def train_preset(
     evals = {"train": RandomBatches(data.train, cfg.batch_size, T, seed=1, device=device),
              "val": RandomBatches(data.val, cfg.batch_size, T, seed=2, device=device)}
     history = train(model, batches, evals, cfg, out_dir=out_dir, resume=resume,
-                    tokenizer=data.tokenizer, progress=progress, on_eval=on_eval)
+                    tokenizer=data.tokenizer, progress=progress, on_eval=on_eval, notes=[why] if why else None)
     return model, history, data

@@ -35,6 +35,77 @@ def test_cpu_preset_runs_by_the_clock_without_a_step_sentinel():
     assert t.max_iters is None and t.time_budget_s == 600
 
 
+def fixed_step_time(monkeypatch, seconds: dict):
+    """cpu_step_timer, as size_for_budget calls it, times a step at ``seconds[dtype]``."""
+    monkeypatch.setattr(P, "cpu_step_timer", lambda model, batch_size, steps=3: lambda dtype: seconds[dtype])
+    monkeypatch.setattr(P, "precision_plan", lambda device_type, requested, width, time_step=None:
+                        P.Precision(torch.float32 if requested in ("auto", "float32") else torch.bfloat16, False, False, ""))
+
+
+@pytest.mark.parametrize("step_s,layers,why", [
+    (0.030, 5, "5 layers: 20,000 steps of the 5-layer model fit 600 s here (30.0 ms a step, fp32), at least the 16,000"),
+    (0.050, 4, "4 layers: 12,000 steps of the 5-layer model fit 600 s here (50.0 ms a step, fp32), under the 16,000 "
+               "that 5 layers need"),
+])
+def test_the_cpu_preset_takes_fewer_layers_where_fewer_steps_fit(monkeypatch, step_s, layers, why):
+    fixed_step_time(monkeypatch, {torch.float32: step_s})
+    preset = PRESETS["shakespeare-char-cpu"]
+    config, words = P.size_for_budget(preset, "cpu", 65)
+    assert config == replace(preset.model, vocab_size=65, n_layer=layers)
+    assert words.startswith(why)
+
+
+def test_a_depth_table_starts_at_the_models_depth_and_covers_every_rate():
+    cpu = PRESETS["shakespeare-char-cpu"]
+    for depths in (((4, 16_000), (3, 0)), ((5, 16_000), (4, 100)), ((5, 100), (6, 0))):
+        with pytest.raises(ValueError, match="depths must start at the model's 5 layers"):
+            replace(cpu, depths=depths)
+
+
+def test_only_a_cpu_run_with_a_time_budget_and_a_depth_table_is_sized(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("nothing to time")
+
+    monkeypatch.setattr(P, "cpu_step_timer", never)
+    cpu = PRESETS["shakespeare-char-cpu"]
+    assert P.size_for_budget(cpu, "cuda", 65) == (replace(cpu.model, vocab_size=65), "")
+    assert P.size_for_budget(PRESETS["shakespeare-char"], "cpu", 65) == (PRESETS["shakespeare-char"].model, "")
+    fixed = replace(cpu, train=replace(cpu.train, max_iters=100, time_budget_s=None))
+    assert P.size_for_budget(fixed, "cpu", 65)[1] == ""
+    assert ("  depth     5 layers if 16,000 of their steps fit the budget, else 4: timed before the first step"
+            in describe_plan(cpu, "cpu"))
+    assert "depth" not in describe_plan(cpu, "cpu", max_iters=50)
+
+
+def test_a_sized_run_keeps_its_choice_in_the_checkpoint_and_a_resume_keeps_the_model(monkeypatch, tmp_path):
+    import nanogpt.train
+    from nanogpt.checkpoint import read_checkpoint
+    from nanogpt.presets import CharData
+    from nanogpt.tokenizer import CharTokenizer
+
+    text = "to be or not to be, that is the question. " * 40
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text))
+    data = CharData(tok, ids[:1500], ids[1500:])
+    cpu = PRESETS["shakespeare-char-cpu"]
+    tiny = replace(cpu, model=replace(cpu.model, n_layer=3, n_embd=16, n_head=2, block_size=8),
+                   train=replace(cpu.train, time_budget_s=0.2, warmup_iters=2, eval_interval=10, batch_size=4),
+                   depths=((3, 100), (2, 0)))
+    fixed_step_time(monkeypatch, {torch.float32: 0.004})  # 50 steps of 3 layers fit: under 100, so 2 layers
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(nanogpt.train, "clock", lambda: next(ticks) * 0.005)
+    model, history, _ = train_preset(tiny, device="cpu", data=data, out_dir=tmp_path, progress=False, eval_iters=2)
+    assert model.config.n_layer == 2
+    assert history.notes == ["2 layers: 50 steps of the 3-layer model fit 0.2 s here (4.0 ms a step, fp32), "
+                             "under the 100 that 3 layers need"]
+    state = read_checkpoint(tmp_path / "ckpt.pt")
+    assert state["model_spec"]["config"]["n_layer"] == 2 and state["history"]["notes"] == history.notes
+    fixed_step_time(monkeypatch, {torch.float32: 0.001})  # now 3 layers would fit, but a resume keeps its model
+    resumed, again, _ = train_preset(tiny, device="cpu", data=data, out_dir=tmp_path, resume=True, progress=False,
+                                     eval_iters=2)
+    assert resumed.config.n_layer == 2 and again.notes == history.notes
+
+
 def test_gpt2_is_build_nanogpts_recipe():
     p = PRESETS["gpt2"]
     m, t = p.model, p.train
@@ -102,7 +173,8 @@ def test_plan_for_a_time_budget_says_the_timing_decides():
     numbers = plan_run(PRESETS["shakespeare-char-cpu"], "cpu")
     assert numbers.train_flop is None and numbers.evaluations is None
     plan = describe_plan(PRESETS["shakespeare-char-cpu"], "cpu")
-    assert "about 600 s of training: the steps that fit, counted from the time of the first 100" in plan
+    assert ("about 600 s of training: the steps that fit, counted from the time of the first 100 and re-timed at "
+            "10% and 50%") in plan
     assert "6 x 128 = 768 tokens per step" in plan and "steps     " not in plan
 
 
@@ -136,7 +208,7 @@ def test_train_preset_calls_on_eval_after_every_loss_estimate():
     data = CharData(tok, ids[:1500], ids[1500:])
     small = replace(PRESETS["shakespeare-char-cpu"],
                     model=replace(PRESETS["shakespeare-char-cpu"].model, n_layer=1, n_embd=16, n_head=2, block_size=8),
-                    train=replace(PRESETS["shakespeare-char-cpu"].train, eval_interval=10, batch_size=4))
+                    train=replace(PRESETS["shakespeare-char-cpu"].train, eval_interval=10, batch_size=4), depths=())
     seen = []
     train_preset(small, device="cpu", max_iters=20, data=data, progress=False, eval_iters=2,
                  on_eval=lambda it, losses: seen.append((it, sorted(losses))))
