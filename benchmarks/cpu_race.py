@@ -35,7 +35,7 @@ def candidate(args) -> RunPreset:
     train = TrainConfig(**length, batch_size=args.batch, learning_rate=args.lr, min_lr=min_lr,
                         warmup_iters=args.warmup, weight_decay=args.weight_decay, beta2=0.99,
                         eval_interval=10**9, eval_iters=1, device="cpu",
-                        dtype=args.dtype, compile=args.compile)
+                        dtype=args.dtype, compile=args.compile, seed=args.seed)
     return RunPreset("candidate", model, train, "sweep candidate")
 
 
@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--gelu", choices=["tanh", "exact"], default="tanh")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="the initialisation's and the batches' seed")
     p.add_argument("--compile", type=_true_or_false, default=False, help="torch.compile the model: True or False")
     p.add_argument("--dtype", default="auto", help="auto (nanogpt.precision.precision_plan), float32 or bfloat16")
     p.add_argument("--preset", default=None, help="score a named preset as it is instead")
@@ -92,7 +93,7 @@ def main() -> None:
                "config": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block": m.block_size,
                           "batch": t.batch_size, "lr": t.learning_rate, "min_lr": t.min_lr, "warmup": t.warmup_iters,
                           "dropout": m.dropout, "bias": m.bias, "gelu": m.gelu, "weight_decay": t.weight_decay, "threads": args.threads,
-                          "dtype": t.dtype, "compile": bool(t.compile)},
+                          "dtype": t.dtype, "compile": bool(t.compile), "seed": t.seed},
                "budget_s": None if args.steps else args.budget, "iters": iters, "params": model.num_params(),
                "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
                "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4),
@@ -111,6 +112,9 @@ def save(summary: dict) -> None:
     torch.set_num_threads(c["threads"])  # so the hardware line states the run's thread count
     path = write_result(f"cpu-race-{summary['label']}", {
         "title": f"10-minute CPU race: {summary['label']}",
+        "description": ("trained for the time budget" if summary["budget_s"] else
+                        f"trained for a fixed {summary['iters']:,} steps (--steps), so that candidates compare "
+                        "step for step, free of the machine's clock; its wall time is not the measure"),
         "kind": "training",
         "model": f"GPT {c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, context {c['block']}, "
                  f"{summary['params']:,} params" + ("" if c.get("bias", True) else ", no biases")
@@ -125,6 +129,8 @@ def save(summary: dict) -> None:
                     "learning_rate": c["lr"], "dropout": c["dropout"], "threads": c["threads"],
                     "autocast": summary.get("trained_in", c.get("dtype", "float32")),
                     "steps_per_s": round(summary["iters"] / summary["train_s"], 2),
+                    # a fixed number of steps (--steps): those that fit the budget by cpu_step_rates.py
+                    "fixed_steps": summary["budget_s"] is None,
                     "tokens_per_s": round(summary["iters"] * c["batch"] * c["block"] / summary["train_s"], 1)},
     })
     print(f"record written to {path}" if path else "no record written: quick mode (NANOGPT_QUICK)")

@@ -145,3 +145,29 @@ def test_gpu_variant_study_saves_a_record_of_a_run_stopped_early(tmp_path, monke
                                  "last_val_estimate": 1.7, "last_train_estimate": 1.1, "eval_iters": 50,
                                  "runs_sharing_the_gpu": 3, "stopped_at_step": 260}
     assert "val_loss" not in record["metrics"]  # no full-split score for a run that never finished
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_rates_give_each_candidate_the_steps_that_fit_its_budget(tmp_path, monkeypatch, capsys):
+    """benchmarks/cpu_step_rates.py: one JSON line and a valid record, steps = budget / median step."""
+    rates = _benchmark("cpu_step_rates")
+    monkeypatch.setenv("NANOGPT_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("NANOGPT_QUICK", raising=False)
+    monkeypatch.setattr("sys.argv", ["cpu_step_rates.py", "--budget", "2", "--candidates", "L1:1:2", "L2:2:2",
+                                     "--rounds", "1", "--steps-per-round", "2", "--threads", "1", "--save"])
+    rates.main()
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    for label in ("L1", "L2"):
+        ms, first = line["ms_per_step"][label], line["first_step_s"][label]
+        assert line["steps_in_budget"][label] == pytest.approx((2 - first) * 1000 / ms, rel=0.05)  # printed rounded
+    (name, record), = load_results(tmp_path)[0]
+    assert name == "cpu-step-rates.json" and record["metrics"]["steps_in_budget_L2"] == line["steps_in_budget"]["L2"]
+    assert "--candidates L1:1:2 L2:2:2" in record["command"]
