@@ -63,22 +63,26 @@ PRESETS: dict[str, RunPreset] = {
         description="6 layers, 6 heads, 384 wide, context 256, dropout 0.2 (GPU-sized)",
     ),
     # Sized for a CPU: nanoGPT's suggested CPU model (128 wide) one layer deeper, trained for about
-    # ten minutes (the steps that fit, counted from its timed warmup). Chosen by a 10-minute race
-    # (benchmarks/cpu_race.py, 2-core Intel Xeons with AMX): on a small CPU, many small, fast steps win; at lr 3e-3 a context of 128 (batch 6, the
-    # same 768 tokens a step) beat 64 and 256; at context 128, lr 3e-3 beat 1e-3 (at 64 they tied);
-    # ending the cosine at lr / 100 beat lr / 10; nanoGPT's model (no biases, exact GELU), cheaper a
-    # step than GPT-2's, won; bf16 autocast (on a CPU with AMX) bought a fifth more steps, and with
-    # them 5 layers beat 4 and 6. The best val estimate's weights are kept (the last, in practice).
+    # ten minutes (the steps that fit, counted from its timed warmup). Chosen by 10-minute races
+    # (benchmarks/cpu_race.py, 2 cores). On Intel Xeons with AMX: many small, fast steps win; at lr
+    # 3e-3 a context of 128 (batch 6, the same 768 tokens a step) beat 64 and 256; at context 128,
+    # lr 3e-3 beat 1e-3 (at 64 they tied); ending the cosine at lr / 100 beat lr / 10; nanoGPT's
+    # model (no biases, exact GELU), cheaper a step than GPT-2's, won; bf16 autocast bought a fifth
+    # more steps, and with them 5 layers beat 4 and 6. On an AMD EPYC with AVX2 only (fp32, about
+    # half the steps), at the same 12,707 steps: weight decay 0.5 beat 0.1 and 1.0, lr 3e-3 beat
+    # 6e-3; at the same time, 4 layers beat 5 (hence ``depths``) and 3; batch 4 and torch.compile lost.
+    # The best val estimate's weights are kept (the last, in practice).
     "shakespeare-char-cpu": RunPreset(
         name="shakespeare-char-cpu",
         model=GPTConfig(block_size=128, vocab_size=65, n_layer=5, n_head=4, n_embd=128, dropout=0.0, bias=False,
                         gelu="exact"),
         train=TrainConfig(max_iters=None, time_budget_s=600, batch_size=6, learning_rate=3e-3, min_lr=3e-5,
-                          warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=1000, eval_iters=100,
+                          warmup_iters=100, weight_decay=0.5, beta2=0.99, eval_interval=1000, eval_iters=100,
                           keep_best=True),
-        description="5 layers, 4 heads, 128 wide, context 128, no biases, batch 6, 10 minutes (CPU-sized)",
+        description="5 layers (4 on a slow CPU), 4 heads, 128 wide, context 128, no biases, batch 6, "
+                    "10 minutes (CPU-sized)",
         # Raced: where about 21,000 steps of 5 layers fit (AMX, bf16), 5 layers beat 4 and 6; where
-        # 11,000-12,700 fit (AVX2, fp32), 4 layers, with a fifth more steps, beat 5. 16,000 lies between.
+        # about 10,300 fit (AVX2, fp32), 4 layers in the same time (12,707 steps) beat 5. 16,000 lies between.
         depths=((5, 16_000), (4, 0)),
     ),
     # GPT-2 small (124M) as build-nanogpt trains it: 2**19 = 524,288 tokens per step (64 x 1,024
