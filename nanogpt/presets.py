@@ -79,7 +79,7 @@ PRESETS: dict[str, RunPreset] = {
         train=TrainConfig(max_iters=None, time_budget_s=600, batch_size=6, learning_rate=3e-3, min_lr=3e-5,
                           warmup_iters=100, weight_decay=0.5, beta2=0.99, eval_interval=1000, eval_iters=100,
                           keep_best=True),
-        description="5 layers (4 on a slow CPU), 4 heads, 128 wide, context 128, no biases, batch 6, "
+        description="5 layers or, on a slow CPU, 4; 4 heads, 128 wide, context 128, no biases, batch 6, "
                     "10 minutes (CPU-sized)",
         # Raced: where about 21,000 steps of 5 layers fit (AMX, bf16), 5 layers beat 4 and 6; where
         # about 10,300 fit (AVX2, fp32), 4 layers in the same time (12,707 steps) beat 5. 16,000 lies between.
