@@ -86,7 +86,7 @@ class History:
     steps: list[dict] = field(default_factory=list)  # iter, loss, lr, grad_norm, ms, tokens_per_s, mfu
     evals: list[dict] = field(default_factory=list)  # iter, train, val (one key per source)
     eval_seconds: float = 0.0                        # wall time spent in evaluations (not in "ms")
-    planned_iters: int | None = None                 # a time-budget run's length, fixed by timing its warmup
+    planned_iters: int | None = None                 # a time-budget run's length, fixed by timing its warmup, re-timed
     length_fixed_at: list[int] = field(default_factory=list)  # the steps at which it was fixed, then re-timed
     expected_seconds: float | None = None            # training-step seconds the run expected, after timing them
     notes: list[str] = field(default_factory=list)   # what chose the run's settings, in words (a preset sizing itself)
