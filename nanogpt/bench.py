@@ -23,7 +23,7 @@ import torch
 from .attention import naive_twin
 from .cpu_tuning import tune_for_cpu
 from .model import GPT, GPTConfig, configure_adamw
-from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype
+from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype, short_name
 from .presets import PRESETS
 from .runtime import compile_plan, describe_hardware, pick_device
 from .step_memory import step_memory_breakdown, step_peak_memory_gib
@@ -129,25 +129,28 @@ COMPILE_SKIPPED = "torch.compile not measured (compile=False)"
 
 
 def compiled_steps(model: GPT, batch: tuple[torch.Tensor, torch.Tensor], device: str,
-                   dtypes: list[torch.dtype], log=print) -> tuple[dict[torch.dtype, callable], dict[str, float], str]:
-    """Training steps of ``torch.compile(model)`` per dtype, the seconds of each one's first
-    (compiling) step, and a line that says what happened.
+                   dtypes: list[torch.dtype], log=print) -> tuple[dict[str, callable], dict[str, float], str]:
+    """Training steps of ``torch.compile(model)`` and the seconds of each one's first (compiling)
+    step, both by the suffix of their precision ("" for fp32, "_bf16"), and a line that says what
+    happened.
 
     Compilation needs a toolchain (a C++ compiler on a CPU, Triton on a GPU); where it fails,
     no step is returned and the line says why, so the benchmark goes on without it.
     """
-    if torch.device(device).type == "cuda" and not compile_plan("cuda")[0]:
-        return {}, {}, compile_plan("cuda")[1]
+    if torch.device(device).type == "cuda":
+        usable, reason = compile_plan("cuda")
+        if not usable:
+            return {}, {}, reason
     steps, first_s = {}, {}
     for dtype in dtypes:
-        name = str(dtype).replace("torch.", "")
+        suffix = "" if dtype == torch.float32 else "_bf16"
         try:
             step = make_step(torch.compile(model), batch, device, dtype)
-            first_s[name] = step()  # compiles the forward and the backward, then runs the step
+            first_s[suffix] = step()  # compiles the forward and the backward, then runs the step
         except Exception as error:  # a missing compiler surfaces as one of many error types
             return {}, {}, f"torch.compile failed, not measured: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        steps[dtype] = step
-        log(f"  compiled ({name}): first step {first_s[name]:.1f} s")
+        steps[suffix] = step
+        log(f"  compiled ({short_name(dtype)}): first step {first_s[suffix]:.1f} s")
     return steps, first_s, "torch.compile: measured"
 
 
@@ -198,9 +201,8 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
         log("compiling the fused model...")
         dtypes = [torch.float32] + ([torch.bfloat16] if bf16 else [])
         compiled, first_s, result["compile"] = compiled_steps(fused, (x, y), device, dtypes, log)
-        variants.update({("fused_compiled" if d == torch.float32 else "fused_bf16_compiled"): f
-                         for d, f in compiled.items()})
-        result.update({f"compile_first_step_s{'' if k == 'float32' else '_bf16'}": v for k, v in first_s.items()})
+        variants.update({f"fused{suffix}_compiled": step for suffix, step in compiled.items()})
+        result.update({f"compile_first_step_s{suffix}": s for suffix, s in first_s.items()})
     else:
         result["compile"] = COMPILE_SKIPPED
     log(f"training steps ({', '.join(variants)}), alternated, {steps} rounds...")
@@ -306,7 +308,7 @@ def save_result(result: dict) -> Path | None:
 def main(args) -> None:
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     result = run_benchmark(args.preset, args.device, steps=max(1, args.steps), threads=args.threads,
-                           compile=getattr(args, "compile", True), log=log)
+                           compile=args.compile, log=log)
     if args.save:
         saved = save_result(result)
         log(f"record written to {saved}" if saved else "no record written: quick mode (NANOGPT_QUICK)")

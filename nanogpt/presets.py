@@ -7,6 +7,7 @@ it starts (``describe_plan`` says it in words).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -194,9 +195,15 @@ def plan_run(preset: RunPreset, device: str, max_iters: int | None = None,
                    evaluations, train_flop, eval_flop, gpu, peak, precision, compile_plan(device_type, cfg.compile)[1])
 
 
+def _sizes_itself(preset: RunPreset, device: str, time_budget_s: float | None) -> bool:
+    """Whether a run of ``preset`` picks its depth by timing (``size_for_budget``): a CPU run with
+    a time budget, of a preset with ``depths``."""
+    return bool(preset.depths) and torch.device(device).type == "cpu" and time_budget_s is not None
+
+
 def _sizing_lines(preset: RunPreset, device: str, cfg: TrainConfig) -> list[str]:
     """The plan's line on what ``size_for_budget`` may change (none where it changes nothing)."""
-    if not preset.depths or torch.device(device).type != "cpu" or cfg.time_budget_s is None:
+    if not _sizes_itself(preset, device, cfg.time_budget_s):
         return []
     rules = ", ".join(f"{n} layers if {least:,} of their steps fit the budget" if least else f"else {n}"
                       for n, least in preset.depths)
@@ -271,10 +278,10 @@ def size_for_budget(preset: RunPreset, device: str, vocab_size: int) -> tuple[GP
     fit the budget at that rate: a slow CPU gets a shallower model and more of its steps.
     """
     model_cfg = replace(preset.model, vocab_size=vocab_size)
-    if not preset.depths or torch.device(device).type != "cpu" or preset.train.time_budget_s is None:
+    if not _sizes_itself(preset, device, preset.train.time_budget_s):
         return model_cfg, ""
     with torch.random.fork_rng(devices=[]):
-        timer = cpu_step_timer(GPT(model_cfg), preset.train.batch_size, steps=10)
+        timer = functools.cache(cpu_step_timer(GPT(model_cfg), preset.train.batch_size, steps=10))  # once a dtype
     dtype = precision_plan("cpu", preset.train.dtype, model_cfg.n_embd, time_step=timer).dtype
     step_s = timer(dtype)
     budget = preset.train.time_budget_s

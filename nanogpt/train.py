@@ -274,17 +274,15 @@ def _fix_length(run: Run, spent_s: float, bar, show: bool) -> None:
     """A time-budget run's length: fixed once its first steps are timed, then re-timed at
     ``RETIME_AT`` from the steps since it was last fixed (the points go into its history)."""
     history, first = run.history, run.history.planned_iters is None
-    if first:
-        length = fix_length(run.cfg, run.it, history.column("ms"))
-    elif retime_due(run.cfg, run.it, spent_s, history.length_fixed_at):
-        length = planned_steps(run.cfg, run.it, history.column("ms"), since=history.length_fixed_at[-1])
-    else:
+    if not first and not retime_due(run.cfg, run.it, spent_s, history.length_fixed_at):
         return
+    ms = history.column("ms")
+    since = None if first else history.length_fixed_at[-1]
+    length = fix_length(run.cfg, run.it, ms) if first else planned_steps(run.cfg, run.it, ms, since=since)
     if length is None:
         return
     if not first and show:
-        since = history.length_fixed_at[-1]
-        bar.write(f"re-timed at {spent_s:.0f} s: {statistics.median(history.column('ms')[since:]):.1f} ms a step "
+        bar.write(f"re-timed at {spent_s:.0f} s: {statistics.median(ms[since:]):.1f} ms a step "
                   f"over the last {run.it - since:,} steps; {length:,} steps in all (was {history.planned_iters:,})")
     history.planned_iters = length
     history.length_fixed_at.append(run.it)
