@@ -14,4 +14,4 @@ __all__ = [
     "GPT", "GPTConfig", "PRESETS", "DataLoaderLite", "get_batch", "load_text", "train_val_split",
     "CharTokenizer", "GPT2Tokenizer", "BPETokenizer", "pick_device",
 ]
-__version__ = "0.4.0"  # the install cells pin the tag v<this>; pyproject.toml reads it from here
+__version__ = "0.4.1"  # the install cells pin the tag v<this>; pyproject.toml reads it from here

@@ -37,12 +37,13 @@ def cpu_flags() -> set[str]:
 
 class Precision(NamedTuple):
     """How a device trains: autocast dtype, whether fp16 needs a GradScaler, whether to allow TF32,
-    and why (one line, for the run's first line of output)."""
+    and why (one line, for the run's first line of output). ``timed``: chosen by timing steps."""
 
     dtype: torch.dtype
     use_scaler: bool
     tf32: bool
     reason: str = ""
+    timed: bool = False
 
 
 # On a CPU, bf16 autocast pays only where the bf16 units gain more than the casts around every
@@ -98,6 +99,7 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
     An explicit ``requested`` dtype wins; fp16 always gets the scaler.
     """
     ampere_or_newer = device_type == "cuda" and has_native_bf16("cuda")
+    timed = False
     if requested != "auto":
         dtype, reason = getattr(torch, requested), f"{requested} as requested"
     elif device_type == "cuda":
@@ -107,12 +109,13 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
     elif device_type == "cpu" and not cpu_has_native_bf16():
         dtype, reason = torch.float32, "fp32: this CPU has no bf16 matrix units (AVX512-BF16 or AMX)"
     elif device_type == "cpu" and time_step is not None:
+        timed = True
         fp32_s, bf16_s = time_step(torch.float32), time_step(torch.bfloat16)
         speedup = fp32_s / bf16_s
         dtype = torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32
-        timed = f"a step took {bf16_s * 1000:.1f} ms in bf16 and {fp32_s * 1000:.1f} ms in fp32 here ({speedup:.2f}x)"
-        reason = (f"bf16 autocast: {timed}" if dtype == torch.bfloat16
-                  else f"fp32: {timed}, under the {BF16_MIN_SPEEDUP:.2f}x bf16 must gain")
+        times = f"a step took {bf16_s * 1000:.1f} ms in bf16 and {fp32_s * 1000:.1f} ms in fp32 here ({speedup:.2f}x)"
+        reason = (f"bf16 autocast: {times}" if dtype == torch.bfloat16
+                  else f"fp32: {times}, under the {BF16_MIN_SPEEDUP:.2f}x bf16 must gain")
     elif device_type == "cpu" and "amx_bf16" in cpu_flags():
         dtype, reason = torch.bfloat16, "bf16 autocast: this CPU has AMX bf16 matrix units"
     elif device_type == "cpu" and width is not None and width < CPU_BF16_MIN_WIDTH:
@@ -125,7 +128,7 @@ def precision_plan(device_type: str, requested: str = "auto", width: int | None 
         dtype, reason = torch.float32, f"fp32: autocast on {device_type} is not used by this course"
     if dtype == torch.float32 and ampere_or_newer:
         reason += ", with TF32 matmuls"
-    return Precision(dtype, use_scaler=dtype == torch.float16, tf32=ampere_or_newer, reason=reason)
+    return Precision(dtype, use_scaler=dtype == torch.float16, tf32=ampere_or_newer, reason=reason, timed=timed)
 
 
 def cpu_step_timer(model: nn.Module, batch_size: int, steps: int = 3) -> Callable[[torch.dtype], float] | None:

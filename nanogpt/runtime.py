@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from .distributed import DistInfo, setup_distributed
-from .precision import Precision, autocast, cpu_flags, cpuinfo_field, default_peak_flops, precision_plan
+from .precision import (Precision, autocast, cpu_flags, cpuinfo_field, default_peak_flops, precision_plan,
+                        short_name)
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -79,7 +80,6 @@ class RunSetup:
     scaler: torch.amp.GradScaler      # scales fp16 losses; a no-op otherwise
     peak_flops: float | None          # data-sheet peak for MFU
     compile: bool = False             # wrap the model in torch.compile
-    compile_reason: str = ""
 
 
 def compile_plan(device_type: str, requested: bool | None = None) -> tuple[bool, str]:
@@ -125,14 +125,30 @@ def set_up(cfg: TrainConfig, width: int | None = None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + dist_info.rank)
-    use_compile, compile_reason = compile_plan(device_type, cfg.compile)
     return RunSetup(
         device=device, device_type=device_type, dist=dist_info, precision=precision,
         autocast=autocast(device_type, precision.dtype),
         scaler=torch.amp.GradScaler(device_type, enabled=precision.use_scaler),
         peak_flops=cfg.peak_flops or default_peak_flops(device_type, precision.dtype),
-        compile=use_compile, compile_reason=compile_reason,
+        compile=compile_plan(device_type, cfg.compile)[0],
     )
+
+
+def with_recorded_precision(setup: RunSetup, requested: str, recorded: str | None) -> RunSetup:
+    """``setup``, training in ``recorded`` (a torch dtype's name, from a checkpoint) where ``auto``
+    chose the precision on a CPU.
+
+    There the choice may be timed (``precision_plan``), and a later timing can fall the other way
+    when the two are close; a resumed run keeps its checkpoint's precision, so that it continues
+    exactly. Elsewhere, and without a record, ``setup`` is returned as it is.
+    """
+    if setup.device_type != "cpu" or requested != "auto" or recorded is None:
+        return setup
+    dtype = getattr(torch, recorded)
+    if dtype == setup.precision.dtype:
+        return setup
+    precision = setup.precision._replace(dtype=dtype, reason=f"{short_name(dtype)}: as the checkpoint's run")
+    return replace(setup, precision=precision, autocast=autocast("cpu", dtype))
 
 
 def wrap_model(model: nn.Module, setup: RunSetup) -> nn.Module:

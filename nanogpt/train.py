@@ -26,7 +26,7 @@ from .distributed import any_rank, gather_to_master, leave_distributed, mean_ove
 from .evaluate import BatchSource, best_evaluation, estimate_loss, progress_bar
 from .model import configure_adamw
 from .precision import cpu_step_timer, short_name
-from .runtime import RunSetup, set_up, wrap_model
+from .runtime import RunSetup, set_up, with_recorded_precision, wrap_model
 from .schedule import (CALIBRATION_STEPS, duration, eval_batches, evaluations_left, median_step_s,
                        expected_train_seconds, fix_length, lr_at, planned_steps, retime_due)
 from .stopping import NonFiniteLossError, StopOnSignal, TrainingInterrupted
@@ -90,6 +90,7 @@ class History:
     length_fixed_at: list[int] = field(default_factory=list)  # the steps at which it was fixed, then re-timed
     expected_seconds: float | None = None            # training-step seconds the run expected, after timing them
     notes: list[str] = field(default_factory=list)   # what chose the run's settings, in words (a preset sizing itself)
+    autocast: str | None = None                      # the dtype it trains in: "float32", "bfloat16" or "float16"
 
     def column(self, key: str, table: str = "steps") -> list:
         return [row[key] for row in getattr(self, table)]
@@ -316,7 +317,8 @@ def train(
     whole step, saved, with ``TrainingInterrupted``. ``set_up`` says what global state it sets.
     """
     cfg = config
-    setup = set_up(cfg, getattr(getattr(model, "config", None), "n_embd", None), cpu_step_timer(model, cfg.batch_size))
+    timer = None if resume else cpu_step_timer(model, cfg.batch_size)  # a resume keeps its checkpoint's precision
+    setup = set_up(cfg, getattr(getattr(model, "config", None), "n_embd", None), timer)
     model.to(setup.device).train()
     if setup.device_type == "cpu":
         tune_for_cpu(model)
@@ -324,16 +326,23 @@ def train(
                                 setup.device_type)
     run = Run(cfg, setup, model, optimizer, train_batches, Path(out_dir) if out_dir is not None else None, tokenizer)
     run.history.notes = list(notes or [])
+    show = progress and setup.dist.is_master
     if resume:
         restore(run)
-    elif run.out_dir is not None and setup.dist.is_master:
-        run.path(BEST_CHECKPOINT_NAME).unlink(missing_ok=True)  # a fresh run: an old best.pt is not its best
+        setup = run.setup = with_recorded_precision(setup, cfg.dtype, run.history.autocast)
+    else:
+        if run.out_dir is not None and setup.dist.is_master:
+            run.path(BEST_CHECKPOINT_NAME).unlink(missing_ok=True)  # a fresh run: an old best.pt is not its best
+        if setup.precision.timed:  # the plan could not say which: the timing decided here
+            run.history.notes.append(f"precision: {setup.precision.reason}")
+            if show:
+                print(f"precision: {setup.precision.reason}")
+    run.history.autocast = str(setup.precision.dtype).removeprefix("torch.")
     wrapped = wrap_model(model, setup)
     start, timed = run.it, False  # this process times its first CALIBRATION_STEPS steps
     run.batch = run.batch or next_batch(train_batches, setup.device)
     tokens_per_step = run.batch[0].numel() * cfg.grad_accum_steps * setup.dist.world_size
     mfu_of = model.estimate_mfu if (hasattr(model, "estimate_mfu") and setup.peak_flops) else None
-    show = progress and setup.dist.is_master
     bar = progress_bar(total=run.total_iters, initial=run.it, disable=not show, unit="it",
                        desc=f"training ({short_name(setup.precision.dtype)})")
     postfix: dict[str, str] = {}

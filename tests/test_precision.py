@@ -175,8 +175,9 @@ def test_auto_on_a_cpu_with_bf16_units_takes_the_faster_precision_as_timed(monke
 
     plan = precision_plan("cpu", time_step=time_step)
     assert plan.dtype == expected and sorted(map(str, timed)) == ["torch.bfloat16", "torch.float32"]
-    assert f"{bf16_ms:.1f} ms in bf16 and {fp32_ms:.1f} ms in fp32" in plan.reason
-    assert precision_plan("cpu", "float32", time_step=time_step).dtype == torch.float32  # forced: no timing
+    assert f"{bf16_ms:.1f} ms in bf16 and {fp32_ms:.1f} ms in fp32" in plan.reason and plan.timed
+    forced = precision_plan("cpu", "float32", time_step=time_step)
+    assert forced.dtype == torch.float32 and not forced.timed  # forced: no timing
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
     assert precision_plan("cpu", time_step=lambda dtype: pytest.fail("no bf16 units: nothing to time")).dtype == torch.float32
 

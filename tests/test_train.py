@@ -47,6 +47,44 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+def timed_precision(monkeypatch, fp32_ms: float, bf16_ms: float) -> list:
+    """A CPU with bf16 units whose timed training step takes these milliseconds; returns the timings."""
+    import nanogpt.precision as P
+    import nanogpt.train as T
+
+    timings = []
+
+    def timer(model, batch_size, steps=3):
+        def time_step(dtype):
+            timings.append(dtype)
+            return (bf16_ms if dtype == torch.bfloat16 else fp32_ms) / 1000
+        return time_step
+
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(T, "cpu_step_timer", timer)
+    return timings
+
+
+def test_a_timed_precision_is_printed_kept_and_resumed_as_it_was(tmp_path, monkeypatch, capsys):
+    timed_precision(monkeypatch, fp32_ms=30.0, bf16_ms=20.0)
+    _, straight = run(12, progress=True)
+    line = "precision: bf16 autocast: a step took 20.0 ms in bf16 and 30.0 ms in fp32 here (1.50x)"
+    assert line in capsys.readouterr().out
+    assert straight.notes == [line] and straight.autocast == "bfloat16"
+    run(6, out_dir=tmp_path)
+    timings = timed_precision(monkeypatch, fp32_ms=20.0, bf16_ms=30.0)  # timed now, fp32 would win
+    _, resumed = run(12, out_dir=tmp_path, resume=True)
+    assert timings == []                                  # a resume does not time again ...
+    assert resumed.autocast == "bfloat16"                 # ... it trains as its checkpoint's run did
+    assert resumed.column("loss") == straight.column("loss") and resumed.notes == [line]
+
+
+def test_a_precision_not_timed_is_not_noted(monkeypatch):
+    timings = timed_precision(monkeypatch, fp32_ms=30.0, bf16_ms=20.0)
+    _, forced = run(3, dtype="float32")
+    assert timings == [] and forced.notes == [] and forced.autocast == "float32"
+
+
 class ExplodingGPT(GPT):
     """A GPT whose 8th training forward returns a NaN loss."""
 
