@@ -22,7 +22,7 @@ import torch
 from nanogpt.model import GPTConfig
 from nanogpt.presets import PRESETS, RunPreset, prepare_char_data, train_preset
 from nanogpt.evaluate import evaluate_full
-from nanogpt.precision import resolve_dtype
+from nanogpt.precision import dtype_name, resolve_dtype
 from nanogpt.train import TrainConfig
 
 
@@ -97,7 +97,7 @@ def main() -> None:
                "budget_s": None if args.steps else args.budget, "iters": iters, "params": model.num_params(),
                "wall_s": round(time.perf_counter() - t0, 1), "train_s": round(train_s, 1),
                "final_train_loss": round(history.steps[-1]["loss"], 4), "val_full": round(val, 4),
-               "trained_in": str(resolve_dtype("cpu", t.dtype, m.n_embd)).replace("torch.", "")}
+               "trained_in": dtype_name(resolve_dtype("cpu", t.dtype, m.n_embd))}
     print(json.dumps(summary))
     if args.save:
         save(summary)

@@ -23,7 +23,7 @@ import torch
 from .attention import naive_twin
 from .cpu_tuning import tune_for_cpu
 from .model import GPT, GPTConfig, configure_adamw
-from .precision import autocast, datasheet_peak, has_native_bf16, resolve_dtype, short_name
+from .precision import autocast, datasheet_peak, dtype_name, has_native_bf16, resolve_dtype, short_name
 from .presets import PRESETS
 from .runtime import compile_plan, describe_hardware, pick_device
 from .step_memory import step_memory_breakdown, step_peak_memory_gib
@@ -176,7 +176,7 @@ def run_benchmark(preset: str = "shakespeare-char", device: str = "auto", steps:
     result: dict = {"preset": preset, "device": device, "hardware": describe_hardware(device),
                     "torch": torch.__version__, "threads": threads,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16,
-                    "dtype_auto": str(resolve_dtype(device_type, "auto", config.n_embd)).replace("torch.", ""),
+                    "dtype_auto": dtype_name(resolve_dtype(device_type, "auto", config.n_embd)),
                     "batch_size": batch_size, "block_size": config.block_size, "dropout": config.dropout}
 
     log(f"matmul throughput on {device} ({threads} threads)...")

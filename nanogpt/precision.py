@@ -168,6 +168,11 @@ def short_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name ``getattr(torch, name)`` gives back: "float32", "bfloat16", "float16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 # --- data-sheet peaks ---------------------------------------------------------------------
 
 @dataclass(frozen=True)

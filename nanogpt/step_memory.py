@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .model import GPT, GPTConfig
-from .precision import autocast
+from .precision import autocast, dtype_name
 
 
 def peak_rss_gib() -> float:
@@ -90,7 +90,7 @@ def step_peak_memory_gib(config: GPTConfig, batch_size: int, device: str, thread
     CPU. One process per call, so each precision's peak is its own: an in-process probe would
     count whatever the benchmark (or an earlier probe) still holds."""
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(config.to_dict()), str(threads),
-                          str(batch_size), str(dtype).replace("torch.", ""), str(device)],
+                          str(batch_size), dtype_name(dtype), str(device)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"the memory probe ({dtype}, {device}) failed with exit {out.returncode}:\n{out.stderr[-2000:]}")

@@ -25,7 +25,7 @@ from .cpu_tuning import tune_for_cpu
 from .distributed import any_rank, gather_to_master, leave_distributed, mean_over_ranks
 from .evaluate import BatchSource, best_evaluation, estimate_loss, progress_bar
 from .model import configure_adamw
-from .precision import cpu_step_timer, short_name
+from .precision import cpu_step_timer, dtype_name, short_name
 from .runtime import RunSetup, set_up, with_recorded_precision, wrap_model
 from .schedule import (CALIBRATION_STEPS, duration, eval_batches, evaluations_left, median_step_s,
                        expected_train_seconds, fix_length, lr_at, planned_steps, retime_due)
@@ -337,7 +337,7 @@ def train(
             run.history.notes.append(f"precision: {setup.precision.reason}")
             if show:
                 print(f"precision: {setup.precision.reason}")
-    run.history.autocast = str(setup.precision.dtype).removeprefix("torch.")
+    run.history.autocast = dtype_name(setup.precision.dtype)
     wrapped = wrap_model(model, setup)
     start, timed = run.it, False  # this process times its first CALIBRATION_STEPS steps
     run.batch = run.batch or next_batch(train_batches, setup.device)
